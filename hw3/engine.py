@@ -1,0 +1,538 @@
+"""One training run, top to bottom: build everything from the recipe, train epoch by epoch, keep the best,
+test it. Each piece receives its own config section.
+
+The hot loop keeps everything on the device: losses, correct counts and gradient norms are summed into device
+tensors and reduced across processes once per epoch. The one host read per optimizer step is the finiteness of
+the gradient norm, which decides whether the step happens (GradScaler makes the same read in fp16).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from safetensors.torch import load_file
+from torch import nn
+
+from hw3.checkpoint import TrainState, decide_start, list_checkpoints, load_checkpoint, prepare_run_dir, save_best, save_checkpoint
+from hw3.config import Config, TrainConfig
+from hw3.data import Data, resolve_input
+from hw3.data.sources import load_source, smoke_source
+from hw3.early_stop import EarlyStopping, better
+from hw3.errors import UserError
+from hw3.faults import crash_point
+from hw3.models import build_model, model_card, pretrained_data_config
+from hw3.optim import OPTIMIZERS, routing_table
+from hw3.optim.sam import SAM, bn_buffers
+from hw3.optim.schedules import Schedule, batch_scale, build_schedule, set_lr
+from hw3.tracking import Tracker, device_name
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved at the last step boundary."""
+
+
+class NonFinite(Exception):
+    """Too many consecutive non-finite steps; the last good checkpoint is untouched."""
+
+
+@dataclass
+class Run:
+    cfg: Config
+    accelerator: Accelerator
+    run_dir: Path
+    data: Data
+    model: nn.Module  # as prepared by accelerate (DDP and/or compiled wrapper around `net`)
+    net: nn.Module  # the bare model: evaluation, EMA, exported weights
+    optimizer: torch.optim.Optimizer  # accelerate's wrapper: GradScaler-aware
+    schedule: Schedule
+    state: TrainState
+    tracker: Tracker
+    card: dict  # rebuild information exported with the best weights
+    early_stop: EarlyStopping
+    loss_fn: nn.Module
+    sam: Optional[SAM] = None
+    ema: Optional[nn.Module] = None  # timm ModelEmaV3
+    mixup: Optional[object] = None  # timm Mixup
+    signal: int = 0  # set by SIGTERM/SIGINT; acted on at the next step boundary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry
+
+
+def run(cfg: Config, recipe: Optional[str]) -> int:
+    """Train the recipe; returns the exit code (0 done, 1 stopped on non-finite steps, 128+N on signal N)."""
+    stem = Path(recipe).stem if recipe else "default"
+    run_dir = Path(cfg.output_dir or (Path("runs") / "smoke" / stem if cfg.smoke else Path("runs") / stem))
+    accelerator = make_accelerator(cfg, run_dir)
+    try:
+        resume_from = decide_on_main(accelerator, cfg.train, run_dir)
+        set_seed(cfg.seed)
+        r = build_run(cfg, accelerator, run_dir, resume_from)
+        with signals_to(r):
+            return train_and_test(r)
+    except Interrupted as e:
+        return 128 + int(str(e))
+    finally:
+        accelerator.end_training()
+
+
+def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
+    kwargs = dict(
+        # Without CUDA, accelerate only runs real gloo DDP under `--multi_gpu`/torchrun when told cpu=True.
+        cpu=not torch.cuda.is_available(),
+        log_with=list(cfg.log.trackers) or None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+        dynamo_backend="inductor" if cfg.train.compile else None,
+    )
+    if cfg.train.mixed_precision is not None:  # null: keep what `accelerate launch` configured
+        kwargs["mixed_precision"] = cfg.train.mixed_precision
+    accelerator = Accelerator(**kwargs)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise UserError(f"launched as {launched} processes but accelerate sees one: each would train alone. "
+                        f"On CPU use `accelerate launch --config_file accelerate_configs/cpu_ddp.yaml`")
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
+        warnings.warn("train.mixed_precision=fp16 has no effect without CUDA (accelerate runs fp32 on the CPU); "
+                      "bf16 works on CPUs", stacklevel=1)
+    return accelerator
+
+
+def decide_on_main(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path) -> Optional[Path]:
+    """The main process decides fresh start vs resume (and prepares the folder); every process gets the answer."""
+    answer: list = [None, None]  # [checkpoint to resume or None, error message or None]
+    if accelerator.is_main_process:
+        try:
+            resume_from, wipe = decide_start(cfg, run_dir)
+            prepare_run_dir(run_dir, wipe)
+            answer = [str(resume_from) if resume_from else None, None]
+        except UserError as e:
+            answer = [None, str(e)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(answer)
+    if answer[1]:
+        raise UserError(answer[1])
+    return Path(answer[0]) if answer[0] else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building
+
+
+def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path, resume_from: Optional[Path]) -> Run:
+    with accelerator.main_process_first():  # downloads happen once, on the main process
+        src = smoke_source(cfg.data) if cfg.smoke else load_source(cfg.data)
+        spec = resolve_input(cfg.data, src, pretrained_data_config(cfg.model))
+        net = build_model(cfg.model, len(src.classes), spec.channels, spec.size, load_weights=not cfg.smoke)
+    channels_last = use_channels_last(cfg, accelerator)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    data = Data(cfg.data, src, spec, accelerator.device, accelerator.num_processes, accelerator.process_index,
+                cfg.seed, channels_last)
+    optimizer = OPTIMIZERS.get(cfg.optim.name, "optim.name")(cfg.optim, net)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]  # the schedule scales this each step
+    ema = make_ema(cfg.train, net, accelerator.device)
+    model, optimizer = accelerator.prepare(net, optimizer)
+    r = Run(cfg, accelerator, run_dir, data, model, accelerator.unwrap_model(model), optimizer,
+            build_schedule(cfg.sched, cfg.optim.lr, epoch_starts(cfg.train, data)),
+            TrainState(world_size=accelerator.num_processes), Tracker(accelerator, run_dir, cfg.log),
+            model_card(cfg.model, net, spec.channels, spec.size, spec.mean, spec.std, src.classes),
+            EarlyStopping(cfg.early_stop), make_loss(cfg.train), SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
+            ema, make_mixup(cfg.train, len(src.classes)))
+    if resume_from is not None:
+        r.state = load_checkpoint(accelerator, resume_from, ema)
+        r.early_stop.load_state_dict(r.state.early_stop)
+        r.schedule.load_state_dict(r.state.schedule)
+        accelerator.print(f"resuming from {resume_from} (epoch {r.state.epoch}, batch {r.state.batch})")
+    r.state.wandb_id = r.state.wandb_id or new_wandb_id(cfg)
+    r.tracker.start(cfg, r.state.history, r.state.wandb_id, resume_from)
+    describe(r, src, spec)
+    return r
+
+
+def describe(r: Run, src, spec) -> None:
+    acc = r.accelerator
+    params = sum(p.numel() for p in r.net.parameters())
+    acc.print(f"data: {r.cfg.data.name}, {len(src.train)} train / {len(src.val)} val / "
+              f"{len(src.test) if src.test else 0} test images, {len(src.classes)} classes, "
+              f"{spec.size}px x{spec.channels}, {'device-resident' if r.data.on_device else 'DataLoader'} input")
+    acc.print(f"model: {r.cfg.model.name}, {params / 1e6:.2f}M parameters, small-input stem "
+              f"{'on' if r.card['small_input'] else 'off'}; {acc.num_processes} process(es) on "
+              f"{device_name(acc)}, mixed precision {acc.mixed_precision}; run dir {r.run_dir}")
+
+
+def use_channels_last(cfg: Config, accelerator: Accelerator) -> bool:
+    """NHWC pays off for plain ResNets on GPUs (tensor cores) and hurts ResNeSt's split attention there."""
+    if cfg.train.channels_last is not None:
+        return cfg.train.channels_last
+    name = cfg.model.name
+    return accelerator.device.type == "cuda" and name.startswith("resnet") and not name.startswith("resnest")
+
+
+def make_ema(cfg: TrainConfig, net: nn.Module, device: torch.device):
+    if cfg.ema_decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(net, decay=cfg.ema_decay, device=device)
+
+
+def make_loss(cfg: TrainConfig) -> nn.Module:
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()  # mixup produces soft targets (label smoothing folded in)
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def make_mixup(cfg: TrainConfig, num_classes: int):
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                 num_classes=num_classes)
+
+
+def new_wandb_id(cfg: Config) -> Optional[str]:
+    if "wandb" not in cfg.log.trackers:
+        return None
+    import wandb
+
+    return wandb.util.generate_id()
+
+
+def batch_size_for(cfg: TrainConfig, epoch: int) -> int:
+    """The global batch size of `epoch`: the schedule entry with the largest key <= epoch, else batch_size."""
+    schedule = cfg.batch_size_schedule or {}
+    keys = [k for k in schedule if k <= epoch]
+    return schedule[max(keys)] if keys else cfg.batch_size
+
+
+def epoch_starts(cfg: TrainConfig, data: Data) -> list[int]:
+    """Optimizer step at which each epoch starts, plus the total: what the lr schedule is a function of."""
+    starts = [0]
+    for epoch in range(cfg.epochs):
+        size = batch_size_for(cfg, epoch)
+        if size % data.world:
+            raise UserError(f"train.batch_size: {size} (epoch {epoch}) is not divisible by the {data.world} processes")
+        starts.append(starts[-1] + math.ceil(data.steps(size) / cfg.grad_accum_steps))
+    return [min(s, cfg.max_steps) for s in starts] if cfg.max_steps else starts
+
+
+@contextlib.contextmanager
+def signals_to(r: Run):
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary and exits."""
+    def handler(signum, frame):
+        r.signal = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+def train_and_test(r: Run) -> int:
+    code = 0
+    try:
+        fit(r)
+    except NonFinite as e:
+        r.state.stopped = "non_finite"
+        print(f"error: {e}", file=sys.stderr)
+        code = 1
+    if r.state.stopped == "max_steps" or not r.state.history:
+        r.tracker.summary(summary(r, {}))
+        return code
+    test = test_best(r)
+    r.tracker.summary(summary(r, test))
+    if test:
+        r.accelerator.print(f"test: acc {test['test_acc']:.2%}, loss {test['test_loss']:.4f} "
+                            f"(best weights, epoch {r.state.best['epoch']}, {r.state.best['source']})")
+    return code
+
+
+def fit(r: Run) -> None:
+    started = time.perf_counter()
+    t = r.cfg.train
+    while r.state.epoch < t.epochs and r.state.stopped is None:
+        epoch, batch_size = r.state.epoch, batch_size_for(t, r.state.epoch)
+        train = train_one_epoch(r, epoch, batch_size)
+        if finish_epoch(r, epoch, batch_size, train):
+            r.state.stopped = "early_stop"
+        if t.max_steps is not None and r.state.step >= t.max_steps:
+            r.state.stopped = r.state.stopped or "max_steps"
+        r.state.wall_time_s += time.perf_counter() - started
+        started = time.perf_counter()
+        save_epoch_checkpoint(r)
+
+
+class EpochSums:
+    """Device-side running sums of one epoch (restorable from a mid-epoch checkpoint)."""
+
+    def __init__(self, device: torch.device, saved: dict):
+        self.loss, self.correct, self.count, self.grad_norm = (
+            torch.tensor(float(saved.get(k, 0.0)), dtype=torch.float64, device=device)
+            for k in ("loss", "correct", "count", "grad_norm"))
+        self.steps, self.skipped, self.seconds = saved.get("steps", 0), saved.get("skipped", 0), saved.get("seconds", 0.0)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        n = y.shape[0]
+        self.loss += torch.where(torch.isfinite(loss), loss.double() * n, 0.0)
+        self.correct += (logits.argmax(dim=1) == y).sum()
+        self.count += n
+
+    def to_dict(self, seconds: float) -> dict:
+        return dict(loss=self.loss.item(), correct=self.correct.item(), count=self.count.item(),
+                    grad_norm=self.grad_norm.item(), steps=self.steps, skipped=self.skipped, seconds=seconds)
+
+
+def train_one_epoch(r: Run, epoch: int, batch_size: int) -> dict:
+    """Train `epoch` (from batch r.state.batch on, when resuming mid-epoch); returns its train metrics."""
+    acc, t = r.accelerator, r.cfg.train
+    r.model.train()
+    steps = r.data.steps(batch_size)
+    sums = EpochSums(acc.device, r.state.partial)
+    scale = batch_scale(t.lr_scaling, batch_size, batch_size_for(t, 0))
+    weights = micro_batch_weights(r.data, batch_size, t.grad_accum_steps)
+    bar = progress_bar(r, steps, epoch)
+    started = time.perf_counter()
+    for i, (x, y) in enumerate(r.data.train_batches(epoch, batch_size, r.state.batch), start=r.state.batch):
+        last = (i + 1) % t.grad_accum_steps == 0 or i + 1 == steps
+        if i % t.grad_accum_steps == 0:
+            lr_factor = set_lr(r.optimizer, r.schedule, r.state.step, scale)
+        loss, logits = forward_backward(r, x, y, weights[i], sync=last)
+        sums.add(loss, logits, y)
+        r.state.batch = i + 1
+        if not last:
+            continue
+        optimizer_step(r, sums)
+        crash_point("train_step")
+        if bar is not None:
+            bar.update(t.grad_accum_steps if (i + 1) % t.grad_accum_steps == 0 else (i + 1) % t.grad_accum_steps)
+            if r.state.step % r.cfg.log.log_every == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        if interrupted(r):
+            r.state.partial = sums.to_dict(sums.seconds + time.perf_counter() - started)
+            save_checkpoint(acc, r.run_dir, r.state, r.ema, t.keep_last)
+            acc.print(f"stopped by signal {r.signal} at epoch {epoch} batch {r.state.batch}; checkpoint saved; "
+                      f"rerun the same command to continue")
+            raise Interrupted(r.signal)
+        if t.max_steps is not None and r.state.step >= t.max_steps:
+            break
+    if bar is not None:
+        bar.close()
+    return epoch_train_metrics(r, sums, sums.seconds + time.perf_counter() - started, lr_factor, batch_size)
+
+
+def micro_batch_weights(data: Data, batch_size: int, accum: int) -> list[float]:
+    """Loss weight of each batch so an accumulated step equals one step on the whole group (sizes may differ)."""
+    steps, per_process = data.steps(batch_size), batch_size // data.world
+    sizes = [per_process] * steps
+    sizes[-1] = math.ceil(data.num_train / data.world) - per_process * (steps - 1)
+    weights = []
+    for start in range(0, steps, accum):
+        group = sizes[start : start + accum]
+        weights += [1.0 if accum == 1 else s / sum(group) for s in group]
+    return weights
+
+
+def forward_backward(r: Run, x: torch.Tensor, y: torch.Tensor, weight: float, sync: bool):
+    """Loss and gradients of one batch (SAM: both of its passes). Gradients are all-reduced only when `sync`."""
+    targets = y
+    if r.mixup is not None:
+        x, targets = mix(r, x, y)
+    if r.sam is not None:
+        before = [b.clone() for b in bn_buffers(r.net)]
+        with r.accelerator.no_sync(r.model):  # pass 1: this process's own gradient decides its perturbation
+            loss, logits = loss_and_backward(r, x, targets, 1.0)
+        with r.sam.perturbed(r.net, before) as keep:  # pass 2 at w + e(w), synchronized
+            loss_and_backward(r, x, targets, keep)
+        return loss, logits
+    with contextlib.nullcontext() if sync else r.accelerator.no_sync(r.model):
+        return loss_and_backward(r, x, targets, weight)
+
+
+def loss_and_backward(r: Run, x: torch.Tensor, targets: torch.Tensor, weight):
+    logits = r.model(x)
+    loss = r.loss_fn(logits, targets)
+    r.accelerator.backward(loss * weight)
+    return loss.detach(), logits.detach()
+
+
+def mix(r: Run, x: torch.Tensor, y: torch.Tensor):
+    """timm Mixup/CutMix; it pairs samples, so an odd-sized last batch gets plain (smoothed) one-hot targets."""
+    from timm.data.mixup import mixup_target
+
+    if x.shape[0] % 2 == 0:
+        return r.mixup(x, y)
+    return x, mixup_target(y, r.mixup.num_classes, 1.0, r.mixup.label_smoothing)
+
+
+def optimizer_step(r: Run, sums: EpochSums) -> None:
+    """Clip (unscaling fp16 gradients once), step unless the gradient is non-finite, update the EMA."""
+    t = r.cfg.train
+    norm = r.accelerator.clip_grad_norm_(r.net.parameters(), t.max_grad_norm or math.inf)
+    finite = bool(torch.isfinite(norm))  # the one host read per step
+    if finite or r.accelerator.scaler is not None:
+        r.optimizer.step()  # with fp16, GradScaler skips a non-finite step itself and lowers the loss scale
+    r.optimizer.zero_grad(set_to_none=True)
+    r.state.step += 1
+    sums.steps += 1
+    if finite:
+        sums.grad_norm += norm.double()
+        r.state.bad_in_row = 0
+        if r.ema is not None:
+            r.ema.update(r.net, step=r.state.step)
+        if r.state.step == 1 and r.cfg.optim.name in ("muon",) or (r.cfg.optim.base == "muon" and r.sam is not None and r.state.step == 1):
+            r.tracker.write("optimizer_routing.md", routing_table(r.net, r.optimizer))
+        return
+    sums.skipped += 1
+    r.state.skipped_steps += 1
+    r.state.bad_in_row += 1
+    if r.state.bad_in_row >= t.max_bad_steps:
+        last = list_checkpoints(r.run_dir)
+        raise NonFinite(f"{r.state.bad_in_row} consecutive non-finite steps (loss or gradient) at epoch "
+                        f"{r.state.epoch}, step {r.state.step}; last good checkpoint: {last[-1] if last else 'none'}")
+
+
+def interrupted(r: Run) -> bool:
+    """Has a signal arrived (on any process)? Multi-process runs agree every log_every steps (a collective)."""
+    if r.accelerator.num_processes == 1:
+        return r.signal != 0
+    if r.state.step % r.cfg.log.log_every:
+        return False
+    flag = r.accelerator.reduce(torch.tensor([r.signal], device=r.accelerator.device), "max")
+    r.signal = int(flag.item())
+    return r.signal != 0
+
+
+def progress_bar(r: Run, steps: int, epoch: int):
+    show = r.cfg.log.progress if r.cfg.log.progress is not None else sys.stdout.isatty()
+    if not (show and r.accelerator.is_local_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, initial=r.state.batch, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+
+
+def epoch_train_metrics(r: Run, sums: EpochSums, seconds: float, lr_factor: float, batch_size: int) -> dict:
+    totals = r.accelerator.reduce(torch.stack([sums.loss, sums.correct, sums.count]), "sum").tolist()
+    loss, correct, count = totals
+    scaler = r.accelerator.scaler
+    return dict(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1),
+                lr=r.cfg.optim.lr * lr_factor, batch_size=batch_size, epoch_time_s=seconds,
+                images_per_s=count / max(seconds, 1e-9), grad_norm=sums.grad_norm.item() / max(1, sums.steps - sums.skipped),
+                skipped_steps=sums.skipped, loss_scale=scaler.get_scale() if scaler is not None else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation, best weights, checkpoints
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, net: nn.Module, batches) -> dict:
+    """Loss and top-1 accuracy over a split sharded across processes; sums reduced once, counts exact."""
+    sync_buffers(accelerator, net)
+    was_training = net.training
+    net.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    for x, y in batches:
+        logits = net(x).float()
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                             (logits.argmax(dim=1) == y).sum().double(), torch.tensor(float(len(y)), device=y.device, dtype=torch.float64)])
+    net.train(was_training)
+    loss, correct, count = accelerator.reduce(sums, "sum").tolist()
+    return dict(loss=loss / max(count, 1), acc=correct / max(count, 1), count=int(count))
+
+
+def sync_buffers(accelerator: Accelerator, net: nn.Module) -> None:
+    """BatchNorm statistics differ slightly between processes after the last step; use the main process's."""
+    if accelerator.num_processes > 1:
+        for buf in net.buffers():
+            torch.distributed.broadcast(buf, src=0)
+
+
+def eval_batch_size(t: TrainConfig) -> int:
+    return t.eval_batch_size or 2 * t.batch_size
+
+
+def finish_epoch(r: Run, epoch: int, batch_size: int, train: dict) -> bool:
+    """Validate, keep the best weights, log, decide early stopping. Returns True to stop."""
+    crash_point("validation")
+    monitor = r.cfg.early_stop.monitor
+    candidates = [("model", evaluate(r.accelerator, r.net, r.data.eval_batches("val", eval_batch_size(r.cfg.train))), r.net)]
+    if r.ema is not None:
+        candidates.append(("ema", evaluate(r.accelerator, r.ema.module, r.data.eval_batches("val", eval_batch_size(r.cfg.train))), r.ema.module))
+    key = "acc" if monitor == "val_acc" else "loss"
+    source, val, module = candidates[0]
+    for cand in candidates[1:]:
+        if better(monitor, cand[1][key], val[key]):
+            source, val, module = cand
+    row = dict(epoch=epoch, **{k: v for k, v in train.items()}, val_loss=candidates[0][1]["loss"], val_acc=candidates[0][1]["acc"])
+    row = {k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size",
+                               "epoch_time_s", "images_per_s", "grad_norm", "skipped_steps", "loss_scale")}
+    extra = dict(ema_val_loss=candidates[1][1]["loss"], ema_val_acc=candidates[1][1]["acc"]) if r.ema is not None else {}
+    improved = better(monitor, val[key], r.state.best.get("value"))
+    if improved:
+        r.state.best = dict(value=val[key], epoch=epoch, source=source, val_acc=val["acc"], val_loss=val["loss"])
+        if r.accelerator.is_main_process:
+            save_best(r.run_dir, module.state_dict(), r.card, r.state.best)
+    stop = r.early_stop.should_stop(epoch, val[key])
+    r.schedule.end_of_epoch(candidates[0][1]["acc" if r.cfg.sched.monitor == "val_acc" else "loss"])
+    r.state.history.append(row)
+    r.state.epoch, r.state.batch, r.state.partial = epoch + 1, 0, {}
+    r.state.early_stop, r.state.schedule = r.early_stop.state_dict(), r.schedule.state_dict()
+    r.tracker.epoch(row, extra, improved)
+    return stop
+
+
+def save_epoch_checkpoint(r: Run) -> None:
+    save_checkpoint(r.accelerator, r.run_dir, r.state, r.ema, r.cfg.train.keep_last)
+    crash_point("after_save")
+    if interrupted(r):
+        raise Interrupted(r.signal)
+
+
+def test_best(r: Run) -> dict:
+    """Test-split loss and accuracy of the best weights (every process loads them), once, at the end."""
+    if r.data.src.test is None:
+        return {}
+    best = r.run_dir / "best" / "model.safetensors"
+    r.accelerator.wait_for_everyone()
+    if best.is_file():
+        r.net.load_state_dict(load_file(str(best), device=str(r.accelerator.device)))
+    result = evaluate(r.accelerator, r.net, r.data.eval_batches("test", eval_batch_size(r.cfg.train)))
+    return dict(test_acc=result["acc"], test_loss=result["loss"], test_images=result["count"])
+
+
+def summary(r: Run, test: dict) -> dict:
+    s, cfg = r.state, r.cfg
+    return dict(
+        best_val_acc=s.best.get("val_acc"), best_val_loss=s.best.get("val_loss"), best_epoch=s.best.get("epoch"),
+        best_source=s.best.get("source"), monitor=cfg.early_stop.monitor, epochs_completed=len(s.history),
+        stopped_early=s.stopped == "early_stop", stopped_reason=s.stopped,
+        stopped_epoch=len(s.history) - 1 if s.stopped else None, **test, wall_time_s=s.wall_time_s,
+        optimizer_steps=s.step, skipped_steps=s.skipped_steps, processes=r.accelerator.num_processes,
+        device=device_name(r.accelerator), mixed_precision=r.accelerator.mixed_precision,
+        model=cfg.model.name, dataset=cfg.data.name, pretrained=bool(cfg.model.pretrained or cfg.model.pretrained_file),
+        image_size=r.card["image_size"], optimizer=cfg.optim.name if cfg.optim.name != "sam" else f"sam({cfg.optim.base})",
+    )

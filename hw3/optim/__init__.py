@@ -1,0 +1,83 @@
+"""Optimizers by name, built through timm's optimizer factory from the recipe's `optim` section.
+
+`sam` is not an optimizer of its own: it builds its base optimizer (`optim.base`) here, and the training step
+adds the two-pass sharpness-aware update around it (hw3.optim.sam).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from hw3.config import OptimConfig
+from hw3.registry import Registry
+
+OPTIMIZERS: Registry[Callable[[OptimConfig, nn.Module], torch.optim.Optimizer]] = Registry("optimizer")
+
+
+def _timm(opt: str, cfg: OptimConfig, model: nn.Module, **kwargs) -> torch.optim.Optimizer:
+    # filter_bias_and_bn: no weight decay on 1-D tensors (norm weights, biases) unless the recipe wants it.
+    return create_optimizer_v2(model, opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               filter_bias_and_bn=not cfg.decay_norm_and_bias, **kwargs)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # timm's "sgd" is Nesterov SGD, its "momentum" the classic heavy-ball one.
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    return _timm("sgd" if nesterov else "momentum", cfg, model, momentum=cfg.momentum)
+
+
+@OPTIMIZERS.register("adam")
+def adam(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return _timm("adam", cfg, model, betas=tuple(cfg.betas))
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return _timm("adamw", cfg, model, betas=tuple(cfg.betas))
+
+
+def muon_fallback_patterns(model: nn.Module) -> list[str]:
+    """The stem conv and the classifier stay on AdamW: Muon's orthogonalized update suits hidden layers only."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    names = [cfg.get("first_conv"), cfg.get("classifier")]
+    return [f"{name}.*" for name in names if name]
+
+
+@OPTIMIZERS.register("muon")
+def muon(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's Muon: conv kernels flattened to matrices; 1-D tensors, the stem and the head go to AdamW at
+    `optim.fallback_lr`. timm scales Muon's update to AdamW's RMS ("match_rms_adamw"), so one lr suits both
+    and fallback_lr defaults to lr."""
+    fallback_lr = cfg.fallback_lr if cfg.fallback_lr is not None else cfg.lr
+    return _timm("nmuon" if cfg.nesterov else "muon", cfg, model, momentum=cfg.momentum, betas=tuple(cfg.betas),
+                 fallback_list=muon_fallback_patterns(model),
+                 fallback_lr_scale=fallback_lr / cfg.lr if cfg.lr > 0 else 1.0)
+
+
+@OPTIMIZERS.register("sam")
+def sam_base(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(cfg.base, "optim.base")(cfg, model)
+
+
+def routing_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> str:
+    """Markdown table: each parameter, its shape, the update rule that trains it, its lr and weight decay.
+
+    For Muon the rule is the optimizer's own decision (cached in its state on the first step), so call this after
+    one step for the truth."""
+    names = {p: n for n, p in model.named_parameters()}
+    rows = ["| parameter | shape | update | lr | weight decay |", "|---|---|---|---|---|"]
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "use_muon" in state:
+                rule = "muon" if state["use_muon"] else "adamw (fallback)"
+                lr = group["lr"] if state["use_muon"] else group["lr"] * group.get("fallback_lr_scale", 1.0)
+            else:
+                rule, lr = type(optimizer).__name__.lower(), group["lr"]
+            shape = "x".join(map(str, p.shape))
+            rows.append(f"| {names.get(p, '?')} | {shape} | {rule} | {lr:.3g} | {group['weight_decay']:.3g} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,141 @@
+"""Learning-rate schedules as functions of training progress.
+
+The loop sets every param group's lr before every optimizer step:
+
+    lr = initial_lr * schedule.factor(step) * batch-size scaling
+
+`step` counts optimizer steps taken so far, over the whole run, and `epoch_starts[e]` is the step at which
+epoch e starts (steps per epoch change with a batch-size schedule). The formulas are torch's own (StepLR,
+MultiStepLR, LinearLR + CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau; the tests compare traces), but as a
+pure function of progress they cannot be stepped twice by accelerate's per-process scheduler stepping, they
+compose with batch-size scaling, and resuming needs only `step` (plus plateau's few counters).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Callable
+
+from hw3.config import SchedConfig
+from hw3.registry import Registry
+
+
+class Schedule:
+    """Constant lr (sched.name=none); the base of the others."""
+
+    def __init__(self, cfg: SchedConfig, lr: float, epoch_starts: list[int]):
+        self.cfg, self.lr, self.epoch_starts = cfg, lr, epoch_starts
+        self.total = epoch_starts[-1]
+
+    def epoch_of(self, step: int) -> int:
+        return bisect.bisect_right(self.epoch_starts, step) - 1
+
+    def factor(self, step: int) -> float:
+        return 1.0
+
+    def end_of_epoch(self, metric: float) -> None:
+        """Called with the validation metric (the same on every process) after each epoch."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+SCHEDULES: Registry[Callable[[SchedConfig, float, list[int]], Schedule]] = Registry("schedule")
+SCHEDULES.register("none")(Schedule)
+
+
+@SCHEDULES.register("step")
+class StepSchedule(Schedule):
+    def factor(self, step: int) -> float:
+        return self.cfg.gamma ** (self.epoch_of(step) // self.cfg.step_size)
+
+
+@SCHEDULES.register("multistep")
+class MultiStepSchedule(Schedule):
+    def factor(self, step: int) -> float:
+        return self.cfg.gamma ** bisect.bisect_right(sorted(self.cfg.milestones), self.epoch_of(step))
+
+
+@SCHEDULES.register("cosine")
+class CosineSchedule(Schedule):
+    """Linear warm-up over `warmup_epochs`, then a half cosine from lr down to min_lr at the last step."""
+
+    def __init__(self, cfg: SchedConfig, lr: float, epoch_starts: list[int]):
+        super().__init__(cfg, lr, epoch_starts)
+        whole = min(int(cfg.warmup_epochs), len(epoch_starts) - 1)
+        frac = cfg.warmup_epochs - whole
+        nxt = epoch_starts[min(whole + 1, len(epoch_starts) - 1)]
+        self.warmup = min(self.total, epoch_starts[whole] + int(frac * (nxt - epoch_starts[whole])))
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            start = self.cfg.warmup_start_factor
+            return start + (1.0 - start) * step / self.warmup
+        floor = self.cfg.min_lr / self.lr if self.lr > 0 else 0.0
+        t = (step - self.warmup) / max(1, self.total - self.warmup)
+        return floor + (1.0 - floor) * (1 + math.cos(math.pi * min(t, 1.0))) / 2
+
+
+@SCHEDULES.register("onecycle")
+class OneCycleSchedule(Schedule):
+    """torch's OneCycleLR (two phases, cosine annealing) without momentum cycling."""
+
+    def factor(self, step: int) -> float:
+        start, final = 1.0 / self.cfg.div_factor, 1.0 / (self.cfg.div_factor * self.cfg.final_div_factor)
+        peak_at = self.cfg.pct_start * self.total - 1
+        if step <= peak_at:
+            a, b, pct = start, 1.0, step / peak_at if peak_at > 0 else 1.0
+        else:
+            a, b, pct = 1.0, final, (step - peak_at) / max(1e-12, self.total - 1 - peak_at)
+        return b + (a - b) / 2.0 * (1 + math.cos(math.pi * min(pct, 1.0)))
+
+
+@SCHEDULES.register("plateau")
+class PlateauSchedule(Schedule):
+    """torch's ReduceLROnPlateau (relative threshold, no cooldown) on the gathered validation metric."""
+
+    def __init__(self, cfg: SchedConfig, lr: float, epoch_starts: list[int]):
+        super().__init__(cfg, lr, epoch_starts)
+        self.sign = 1.0 if cfg.monitor == "val_loss" else -1.0  # minimize loss, maximize accuracy
+        self.current, self.best, self.bad_epochs = 1.0, math.inf, 0
+
+    def factor(self, step: int) -> float:
+        return self.current
+
+    def end_of_epoch(self, metric: float) -> None:
+        value = self.sign * metric
+        if value < self.best - abs(self.best) * self.cfg.threshold if math.isfinite(self.best) else value < self.best:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs > self.cfg.patience:
+            floor = self.cfg.min_lr / self.lr if self.lr > 0 else 0.0
+            self.current, self.bad_epochs = max(self.current * self.cfg.gamma, floor), 0
+
+    def state_dict(self) -> dict:
+        return dict(current=self.current, best=self.best, bad_epochs=self.bad_epochs)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current, self.best, self.bad_epochs = state["current"], state["best"], state["bad_epochs"]
+
+
+def build_schedule(cfg: SchedConfig, lr: float, epoch_starts: list[int]) -> Schedule:
+    return SCHEDULES.get(cfg.name, "sched.name")(cfg, lr, epoch_starts)
+
+
+def batch_scale(mode: str, batch_size: int, base_batch_size: int) -> float:
+    """lr multiplier for a scheduled batch size: none, linear (Goyal et al.), or sqrt (Krizhevsky)."""
+    ratio = batch_size / base_batch_size
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[mode]
+
+
+def set_lr(optimizer, schedule: Schedule, step: int, scale: float = 1.0) -> float:
+    """Write the lr for optimizer step `step` into every param group; returns the factor applied."""
+    factor = schedule.factor(step) * scale
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    return factor
+

@@ -1,0 +1,108 @@
+"""What a run writes for people: metrics.jsonl, summary.json, command.txt, the console line, the trackers.
+
+Only the main process writes; `Tracker` methods are no-ops elsewhere.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from hw3.checkpoint import write_atomic
+from hw3.config import Config, LogConfig, flatten, to_yaml
+
+# Columns of metrics.jsonl, in order (accuracies are fractions in [0, 1]).
+METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "epoch_time_s",
+           "images_per_s", "grad_norm", "skipped_steps", "loss_scale")
+
+
+def git_revision() -> str:
+    """The commit of the hw3 checkout that ran, with '-dirty' for uncommitted changes; 'unknown' without git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        return torch.cuda.get_device_name(accelerator.device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> str:
+    import accelerate
+    import timm
+    import torchvision
+
+    return (f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+            f"timm {timm.__version__}, accelerate {accelerate.__version__}")
+
+
+class Tracker:
+    def __init__(self, accelerator, run_dir: Path, log: LogConfig):
+        self.accelerator, self.run_dir, self.log = accelerator, run_dir, log
+        self.main = accelerator.is_main_process
+
+    def start(self, cfg: Config, history: list[dict], wandb_id: Optional[str], resumed_from: Optional[Path]) -> None:
+        """config.yaml, a command.txt entry, metrics.jsonl rewritten to the checkpoint's history, trackers."""
+        if self.main:
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            with open(self.run_dir / "command.txt", "a") as f:
+                f.write(self.session_header(resumed_from))
+            write_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+        if self.log.trackers:
+            init = {"wandb": dict(name=self.log.run_name or self.run_dir.name, tags=self.log.tags, id=wandb_id,
+                                  resume="allow", dir=str(self.run_dir))}
+            self.accelerator.init_trackers(self.log.project, config=flatten(cfg), init_kwargs=init)
+
+    def session_header(self, resumed_from: Optional[Path]) -> str:
+        acc = self.accelerator
+        argv = " ".join(shlex.quote(a) for a in sys.argv)
+        return (f"# {datetime.datetime.now().isoformat(timespec='seconds')}"
+                f"{f' (resumed from {resumed_from})' if resumed_from else ''}\n"
+                f"argv: {argv}\ncwd: {Path.cwd()}\ngit: {git_revision()}\n{versions()}\n"
+                f"processes: {acc.num_processes} ({acc.distributed_type.value}), device: {device_name(acc)}, "
+                f"mixed precision: {acc.mixed_precision}\n\n")
+
+    def epoch(self, row: dict, extra: dict, best: bool) -> None:
+        """One finished epoch: a metrics.jsonl line, tracker scalars, a console line."""
+        if self.main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        self.accelerator.log({k: v for k, v in {**row, **extra}.items() if isinstance(v, (int, float)) and v is not None},
+                             step=row["epoch"])
+        self.accelerator.print(console_line(row, extra, best))
+
+    def summary(self, summary: dict) -> None:
+        if self.main:
+            write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1).encode())
+
+    def write(self, name: str, text: str) -> None:
+        if self.main:
+            (self.run_dir / name).write_text(text)
+
+
+def console_line(row: dict, extra: dict, best: bool) -> str:
+    line = (f"epoch {row['epoch']:>3} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}")
+    if "ema_val_acc" in extra:
+        line += f" (ema {extra['ema_val_acc']:.2%})"
+    line += (f" | lr {row['lr']:.2e} | bs {row['batch_size']} | {row['images_per_s']:,.0f} img/s | "
+             f"{row['epoch_time_s']:.1f}s")
+    if row.get("skipped_steps"):
+        line += f" | {row['skipped_steps']} skipped"
+    return line + (" *" if best else "")
