@@ -170,7 +170,7 @@ def load_checkpoint(accelerator, path: Path, ema) -> TrainState:
     try:
         accelerator.load_state(str(path))
         if ema is not None:
-            ema.module.load_state_dict(load_file(str(path / EMA_FILE), device=str(accelerator.device)))
+            ema.module.load_state_dict(load_file(str(path / EMA_FILE)))
     except (RuntimeError, KeyError, ValueError, FileNotFoundError) as e:
         raise UserError(f"train.resume: {path} does not match this recipe's model/optimizer "
                         f"({str(e).strip().splitlines()[0][:200]})") from None

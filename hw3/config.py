@@ -308,7 +308,8 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
     for key in raw:
         if key not in names:
             full = f"{prefix}{key}"
-            hint = did_you_mean(full, all_keys()) or did_you_mean(key, names)
+            elsewhere = [k for k in all_keys() if k.rsplit(".", 1)[-1] == key]  # right name, wrong section
+            hint = f" (did you mean '{elsewhere[0]}'?)" if elsewhere else did_you_mean(full, all_keys()) or did_you_mean(key, names)
             raise UserError(f"unknown key '{full}'{hint}")
     kwargs = {}
     for name in names & set(raw):

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from safetensors.torch import load_file
 from torch import nn
@@ -29,7 +30,7 @@ from hw3.checkpoint import TrainState, decide_start, list_checkpoints, load_chec
 from hw3.config import Config, TrainConfig
 from hw3.data import Data, resolve_input
 from hw3.data.sources import load_source, smoke_source
-from hw3.early_stop import EarlyStopping, better
+from hw3.early_stop import EarlyStopping
 from hw3.errors import UserError
 from hw3.faults import crash_point
 from hw3.models import build_model, model_card, pretrained_data_config
@@ -87,6 +88,10 @@ def run(cfg: Config, recipe: Optional[str]) -> int:
         return 128 + int(str(e))
     finally:
         accelerator.end_training()
+        # accelerate keeps its state in process-wide singletons; clear them so one process can run another
+        # recipe afterwards (tests, notebooks) with different settings.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
 
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
@@ -259,11 +264,12 @@ def train_and_test(r: Run) -> int:
         r.state.stopped = "non_finite"
         print(f"error: {e}", file=sys.stderr)
         code = 1
+    extra = {"processes_in_sync": in_sync(r.accelerator, r.net)} if r.accelerator.num_processes > 1 else {}
     if r.state.stopped == "max_steps" or not r.state.history:
-        r.tracker.summary(summary(r, {}))
+        r.tracker.summary({**summary(r, {}), **extra})
         return code
     test = test_best(r)
-    r.tracker.summary(summary(r, test))
+    r.tracker.summary({**summary(r, test), **extra})
     if test:
         r.accelerator.print(f"test: acc {test['test_acc']:.2%}, loss {test['test_loss']:.4f} "
                             f"(best weights, epoch {r.state.best['epoch']}, {r.state.best['source']})")
@@ -276,7 +282,7 @@ def fit(r: Run) -> None:
     while r.state.epoch < t.epochs and r.state.stopped is None:
         epoch, batch_size = r.state.epoch, batch_size_for(t, r.state.epoch)
         train = train_one_epoch(r, epoch, batch_size)
-        if finish_epoch(r, epoch, batch_size, train):
+        if finish_epoch(r, epoch, train):
             r.state.stopped = "early_stop"
         if t.max_steps is not None and r.state.step >= t.max_steps:
             r.state.stopped = r.state.stopped or "max_steps"
@@ -402,7 +408,7 @@ def optimizer_step(r: Run, sums: EpochSums) -> None:
         r.state.bad_in_row = 0
         if r.ema is not None:
             r.ema.update(r.net, step=r.state.step)
-        if r.state.step == 1 and r.cfg.optim.name in ("muon",) or (r.cfg.optim.base == "muon" and r.sam is not None and r.state.step == 1):
+        if r.state.step == 1 and "muon" in (r.cfg.optim.name, r.cfg.optim.base if r.sam else None):
             r.tracker.write("optimizer_routing.md", routing_table(r.net, r.optimizer))
         return
     sums.skipped += 1
@@ -464,6 +470,17 @@ def evaluate(accelerator: Accelerator, net: nn.Module, batches) -> dict:
     return dict(loss=loss / max(count, 1), acc=correct / max(count, 1), count=int(count))
 
 
+def in_sync(accelerator: Accelerator, net: nn.Module) -> bool:
+    """Do all processes hold bit-identical parameters? (DDP should guarantee it; a fingerprint per process.)"""
+    params = [p.detach().double() for p in net.parameters()]
+    fingerprint = torch.stack([sum(p.sum() for p in params), sum((i + 1) * p.square().sum() for i, p in enumerate(params))])
+    everyone = accelerator.gather(fingerprint[None])
+    same = bool((everyone == everyone[0]).all())
+    if not same:
+        accelerator.print("warning: the processes ended with different weights (DDP did not keep them in sync)")
+    return same
+
+
 def sync_buffers(accelerator: Accelerator, net: nn.Module) -> None:
     """BatchNorm statistics differ slightly between processes after the last step; use the main process's."""
     if accelerator.num_processes > 1:
@@ -475,29 +492,37 @@ def eval_batch_size(t: TrainConfig) -> int:
     return t.eval_batch_size or 2 * t.batch_size
 
 
-def finish_epoch(r: Run, epoch: int, batch_size: int, train: dict) -> bool:
+def rank(monitor: str, metrics: dict) -> tuple:
+    """Sort key of validation results, higher is better; ties on the monitor go to the other metric."""
+    return (metrics["acc"], -metrics["loss"]) if monitor == "val_acc" else (-metrics["loss"], metrics["acc"])
+
+
+def validate(r: Run) -> list[tuple[str, dict, nn.Module]]:
+    """(source, metrics, module) for the model and, with EMA, its average."""
+    size = eval_batch_size(r.cfg.train)
+    results = [("model", evaluate(r.accelerator, r.net, r.data.eval_batches("val", size)), r.net)]
+    if r.ema is not None:
+        results.append(("ema", evaluate(r.accelerator, r.ema.module, r.data.eval_batches("val", size)), r.ema.module))
+    return results
+
+
+def finish_epoch(r: Run, epoch: int, train: dict) -> bool:
     """Validate, keep the best weights, log, decide early stopping. Returns True to stop."""
     crash_point("validation")
     monitor = r.cfg.early_stop.monitor
-    candidates = [("model", evaluate(r.accelerator, r.net, r.data.eval_batches("val", eval_batch_size(r.cfg.train))), r.net)]
-    if r.ema is not None:
-        candidates.append(("ema", evaluate(r.accelerator, r.ema.module, r.data.eval_batches("val", eval_batch_size(r.cfg.train))), r.ema.module))
-    key = "acc" if monitor == "val_acc" else "loss"
-    source, val, module = candidates[0]
-    for cand in candidates[1:]:
-        if better(monitor, cand[1][key], val[key]):
-            source, val, module = cand
-    row = dict(epoch=epoch, **{k: v for k, v in train.items()}, val_loss=candidates[0][1]["loss"], val_acc=candidates[0][1]["acc"])
-    row = {k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size",
-                               "epoch_time_s", "images_per_s", "grad_norm", "skipped_steps", "loss_scale")}
-    extra = dict(ema_val_loss=candidates[1][1]["loss"], ema_val_acc=candidates[1][1]["acc"]) if r.ema is not None else {}
-    improved = better(monitor, val[key], r.state.best.get("value"))
+    results = validate(r)
+    source, val, module = max(results, key=lambda result: rank(monitor, result[1]))
+    raw = results[0][1]
+    row = dict(epoch=epoch, train_loss=train.pop("train_loss"), train_acc=train.pop("train_acc"),
+               val_loss=raw["loss"], val_acc=raw["acc"], **train)
+    extra = dict(ema_val_loss=results[1][1]["loss"], ema_val_acc=results[1][1]["acc"]) if r.ema is not None else {}
+    improved = not r.state.best or rank(monitor, val) > tuple(r.state.best["rank"])
     if improved:
-        r.state.best = dict(value=val[key], epoch=epoch, source=source, val_acc=val["acc"], val_loss=val["loss"])
+        r.state.best = dict(rank=rank(monitor, val), epoch=epoch, source=source, val_acc=val["acc"], val_loss=val["loss"])
         if r.accelerator.is_main_process:
             save_best(r.run_dir, module.state_dict(), r.card, r.state.best)
-    stop = r.early_stop.should_stop(epoch, val[key])
-    r.schedule.end_of_epoch(candidates[0][1]["acc" if r.cfg.sched.monitor == "val_acc" else "loss"])
+    stop = r.early_stop.should_stop(epoch, val["acc"] if monitor == "val_acc" else val["loss"])
+    r.schedule.end_of_epoch(raw["acc"] if r.cfg.sched.monitor == "val_acc" else raw["loss"])
     r.state.history.append(row)
     r.state.epoch, r.state.batch, r.state.partial = epoch + 1, 0, {}
     r.state.early_stop, r.state.schedule = r.early_stop.state_dict(), r.schedule.state_dict()
@@ -519,7 +544,7 @@ def test_best(r: Run) -> dict:
     best = r.run_dir / "best" / "model.safetensors"
     r.accelerator.wait_for_everyone()
     if best.is_file():
-        r.net.load_state_dict(load_file(str(best), device=str(r.accelerator.device)))
+        r.net.load_state_dict(load_file(str(best)))
     result = evaluate(r.accelerator, r.net, r.data.eval_batches("test", eval_batch_size(r.cfg.train)))
     return dict(test_acc=result["acc"], test_loss=result["loss"], test_images=result["count"])
 

@@ -1,0 +1,68 @@
+"""Shared helpers: run the real CLI in-process (fast) or as a subprocess (exit codes, signals, launchers)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+
+# Tests never reach a network: the Hub and WandB are offline, and accelerate's trackers stay local.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+os.environ.update(OFFLINE)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def child_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
+    env.update(OFFLINE, PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def run_command(cmd, cwd: Path, timeout: float = 300, **env) -> Result:
+    p = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                       env=child_env(**env))
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+def run_subprocess(args, cwd: Path, timeout: float = 300, **env) -> Result:
+    """`python train.py ARGS` in a fresh process."""
+    return run_command([sys.executable, ROOT / "train.py", *args], cwd, timeout, **env)
+
+
+def accelerate_bin() -> str:
+    return str(Path(sys.executable).with_name("accelerate"))
+
+
+@pytest.fixture
+def train(capsys):
+    """Call the CLI's main() in this process: the same code path as train.py, minus interpreter start-up."""
+    from hw3.cli import main
+
+    def _train(*args) -> Result:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return _train
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())

@@ -1,0 +1,66 @@
+"""The command line as users meet it: exit codes and one-line errors, from real subprocesses."""
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import yaml
+
+from conftest import RECIPES, ROOT, child_env, run_subprocess
+
+QUICK = str(RECIPES / "quickstart.yaml")
+
+USER_ERRORS = {
+    "unknown key": ([QUICK, "optim.lrr=0.1"], "optim.lrr"),
+    "wrong type": ([QUICK, "train.epochs=two"], "train.epochs"),
+    "missing recipe": (["recipes/does_not_exist.yaml"], "does_not_exist.yaml"),
+    "malformed recipe": (["{bad}"], ":2: malformed YAML"),
+    "override without =": ([QUICK, "train.epochs"], "has no '='"),
+    "negative lr": ([QUICK, "optim.lr=-1"], "optim.lr"),
+    "zero epochs": ([QUICK, "train.epochs=0"], "train.epochs"),
+    "zero batch size": ([QUICK, "train.batch_size=0"], "train.batch_size"),
+    "no recipe flag": ([], "--recipe"),
+}
+
+
+@pytest.fixture(scope="module")
+def error_runs(tmp_path_factory):
+    """All error cases at once, in parallel processes (each pays Python + torch start-up)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    bad = tmp / "bad.yaml"
+    bad.write_text("data:\n  name: digits: cifar\n")
+
+    def launch(case):
+        args = USER_ERRORS[case][0]
+        args = [str(bad) if a == "{bad}" else a for a in args]
+        argv = ["--recipe", *args] if args else []
+        return case, run_subprocess(argv + [f"output_dir={tmp / 'run'}"] if args else argv, cwd=ROOT)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(launch, USER_ERRORS))
+
+
+@pytest.mark.parametrize("case", USER_ERRORS)
+def test_user_error_exits_2_with_one_line(case, error_runs):
+    result = error_runs[case]
+    expected = USER_ERRORS[case][1]
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    assert expected in lines[0]
+    assert "Traceback" not in result.err
+
+
+def test_print_config_prints_the_resolved_recipe_and_touches_nothing(tmp_path):
+    started = time.perf_counter()
+    result = run_subprocess(["--recipe", QUICK, "--print-config", "optim.lr=1e-3", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.code == 0, result.err
+    printed = yaml.safe_load(result.out)
+    assert printed["optim"]["lr"] == 0.001 and printed["model"]["name"] == "simple_cnn"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+    assert time.perf_counter() - started < 60
+
+
+def test_train_py_is_a_thin_door():
+    assert len((ROOT / "train.py").read_text().splitlines()) <= 40

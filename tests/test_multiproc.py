@@ -1,0 +1,48 @@
+"""Real 2-process gloo DDP on the CPU through `accelerate launch` with accelerate_configs/cpu_ddp.yaml."""
+import pytest
+
+from conftest import RECIPES, ROOT, accelerate_bin, read_metrics, read_summary, run_command, run_subprocess
+
+pytestmark = pytest.mark.multiproc
+
+# A step schedule halving the lr every epoch: a prepared StepLR would halve it twice per epoch on 2 processes.
+ARGS = ["--recipe", RECIPES / "quickstart.yaml", "train.epochs=4", "sched.name=step", "sched.step_size=1",
+        "sched.gamma=0.5", "data.max_eval_samples=101"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    ddp = run_command([accelerate_bin(), "launch", "--config_file", ROOT / "accelerate_configs" / "cpu_ddp.yaml",
+                       ROOT / "train.py", *ARGS, f"output_dir={tmp / 'two'}"], cwd=tmp, timeout=400)
+    single = run_subprocess([*ARGS, f"output_dir={tmp / 'one'}"], cwd=tmp)
+    return tmp, ddp, single
+
+
+def test_two_processes_train_in_sync_and_write_one_run_dir(runs):
+    tmp, ddp, single = runs
+    assert ddp.code == 0, ddp.err[-3000:]
+    assert single.code == 0, single.err[-3000:]
+    summary = read_summary(tmp / "two")
+    assert summary["processes"] == 2 and summary["processes_in_sync"] is True
+    assert sorted(p.name for p in tmp.iterdir()) == ["one", "two"]
+    assert len(read_metrics(tmp / "two")) == 4  # one writer, not two
+    assert ddp.out.count("epoch   0 |") == 1
+
+
+def test_lr_and_counts_do_not_depend_on_the_number_of_processes(runs):
+    tmp, _, _ = runs
+    two, one = read_metrics(tmp / "two"), read_metrics(tmp / "one")
+    assert [r["lr"] for r in two] == [r["lr"] for r in one]
+    assert [round(r["lr"] / two[0]["lr"], 6) for r in two] == [1.0, 0.5, 0.25, 0.125]
+    # 101 test images over 2 processes (51 + 50): every image counted exactly once.
+    assert read_summary(tmp / "two")["test_images"] == read_summary(tmp / "one")["test_images"] == 101
+
+
+def test_accuracy_matches_one_process_with_the_same_global_batch(runs):
+    tmp, _, _ = runs
+    two, one = read_metrics(tmp / "two"), read_metrics(tmp / "one")
+    # Same global batches, same data order; only BatchNorm statistics are per process.
+    assert abs(two[-1]["val_acc"] - one[-1]["val_acc"]) <= 0.03
+    assert abs(read_summary(tmp / "two")["test_acc"] - read_summary(tmp / "one")["test_acc"]) <= 0.03
+    assert abs(two[0]["train_loss"] - one[0]["train_loss"]) <= 0.05
