@@ -76,6 +76,7 @@ def decide_start(cfg: TrainConfig, run_dir: Path) -> tuple[Optional[Path], bool]
     """(checkpoint to resume from, whether to wipe the run dir first). Raises UserError; touches nothing."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output_dir: {run_dir} exists and is not a folder")
+    check_writable(run_dir)
     occupied = run_dir.is_dir() and any(run_dir.iterdir())
     if cfg.resume not in ("auto", "never"):
         path = Path(cfg.resume)
@@ -98,15 +99,19 @@ def decide_start(cfg: TrainConfig, run_dir: Path) -> tuple[Optional[Path], bool]
     return None, occupied  # nothing, or a run that died before its first checkpoint: start over
 
 
+def check_writable(run_dir: Path) -> None:
+    """Fail early, without writing anything, when the run dir could not be created or written."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir: cannot write to {run_dir} ({existing} is not a writable folder)")
+
+
 def prepare_run_dir(run_dir: Path, wipe: bool) -> None:
-    """Create (or empty) the run dir and prove it is writable. Main process only."""
-    if wipe:
-        shutil.rmtree(run_dir)
+    """Create (or empty) the run dir, once the run is known to start. Main process only."""
     try:
+        if wipe:
+            shutil.rmtree(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
     except OSError as e:
         raise UserError(f"output_dir: cannot write to {run_dir} ({e.strerror or e})") from None
     for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # saves a crash interrupted

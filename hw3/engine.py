@@ -79,9 +79,9 @@ def run(cfg: Config, recipe: Optional[str]) -> int:
     run_dir = Path(cfg.output_dir or (Path("runs") / "smoke" / stem if cfg.smoke else Path("runs") / stem))
     accelerator = make_accelerator(cfg, run_dir)
     try:
-        resume_from = decide_on_main(accelerator, cfg.train, run_dir)
+        resume_from, wipe = decide_on_main(accelerator, cfg.train, run_dir)
         set_seed(cfg.seed)
-        r = build_run(cfg, accelerator, run_dir, resume_from)
+        r = build_run(cfg, accelerator, run_dir, resume_from, wipe)
         with signals_to(r):
             return train_and_test(r)
     except Interrupted as e:
@@ -115,28 +115,28 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
     return accelerator
 
 
-def decide_on_main(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path) -> Optional[Path]:
-    """The main process decides fresh start vs resume (and prepares the folder); every process gets the answer."""
-    answer: list = [None, None]  # [checkpoint to resume or None, error message or None]
+def decide_on_main(accelerator: Accelerator, cfg: TrainConfig, run_dir: Path) -> tuple[Optional[Path], bool]:
+    """The main process decides: (checkpoint to resume from, wipe the old run first). Every process gets the
+    answer (or the same error). Nothing is written yet: a recipe that fails to build leaves no trace."""
+    answer: list = [None, False, None]  # checkpoint or None, wipe, error message or None
     if accelerator.is_main_process:
         try:
             resume_from, wipe = decide_start(cfg, run_dir)
-            prepare_run_dir(run_dir, wipe)
-            answer = [str(resume_from) if resume_from else None, None]
+            answer = [str(resume_from) if resume_from else None, wipe, None]
         except UserError as e:
-            answer = [None, str(e)]
+            answer = [None, False, str(e)]
     if accelerator.num_processes > 1:
         broadcast_object_list(answer)
-    if answer[1]:
-        raise UserError(answer[1])
-    return Path(answer[0]) if answer[0] else None
+    if answer[2]:
+        raise UserError(answer[2])
+    return (Path(answer[0]) if answer[0] else None), answer[1]
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Building
 
 
-def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path, resume_from: Optional[Path]) -> Run:
+def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path, resume_from: Optional[Path], wipe: bool) -> Run:
     with accelerator.main_process_first():  # downloads happen once, on the main process
         src = smoke_source(cfg.data) if cfg.smoke else load_source(cfg.data)
         spec = resolve_input(cfg.data, src, pretrained_data_config(cfg.model))
@@ -157,6 +157,9 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path, resume_from:
             model_card(cfg.model, net, spec.channels, spec.size, spec.mean, spec.std, src.classes),
             EarlyStopping(cfg.early_stop), make_loss(cfg.train), SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
             ema, make_mixup(cfg.train, len(src.classes)))
+    if accelerator.is_main_process:
+        prepare_run_dir(run_dir, wipe)
+    accelerator.wait_for_everyone()
     if resume_from is not None:
         r.state = load_checkpoint(accelerator, resume_from, ema)
         r.early_stop.load_state_dict(r.state.early_stop)

@@ -43,17 +43,17 @@ class SimpleMLP(nn.Module):
 
 
 class SimpleCNN(nn.Module):
-    """Two 3x3 conv-BN-ReLU blocks with 2x2 max-pools, global average pool, linear head."""
+    """Two 3x3 conv-BN-ReLU-maxpool blocks, a 4x4 adaptive average pool (keeps where strokes are), linear head."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0, **_):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(2))
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True))
         self.body = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate))
-        self.num_features = 2 * width
-        self.head = nn.Linear(2 * width, num_classes)
+                                  nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(drop_rate))
+        self.num_features = 2 * width * 16
+        self.head = nn.Linear(self.num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(self.stem(x)))
