@@ -66,3 +66,42 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
+    """An engine Run around `model` with just what a training step touches (no data, no run dir), so a test can
+    drive hw3.engine.forward_backward / optimizer_step directly. `scaler_scale` switches on accelerate's fp16
+    GradScaler path on the CPU (accelerate itself only enables it with CUDA)."""
+    import torch
+    from accelerate import Accelerator
+
+    from hw3.checkpoint import TrainState
+    from hw3.config import Config, OptimConfig, TrainConfig
+    from hw3.engine import Run, make_loss
+    from hw3.optim import OPTIMIZERS
+    from hw3.optim.sam import SAM
+
+    cfg = Config(optim=optim_cfg or OptimConfig(name="sgd", lr=0.1, momentum=0.0), train=train_cfg or TrainConfig())
+    acc = Accelerator(cpu=True)
+    if scaler_scale is not None:
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=scaler_scale)
+    optimizer = OPTIMIZERS.get(cfg.optim.name)(cfg.optim, model)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    prepared, optimizer = acc.prepare(model, optimizer)
+    if scaler_scale is not None:  # after prepare: loss scaling and unscaling on, but fp32 compute (no autocast)
+        acc.native_amp = True
+        acc.state._mixed_precision = "fp16"
+    sam = SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None
+    return Run(cfg, acc, None, None, prepared, acc.unwrap_model(prepared), optimizer, None, TrainState(), None, {},
+               None, make_loss(cfg.train), sam)
+
+
+@pytest.fixture(autouse=True)
+def reset_accelerate():
+    """accelerate keeps process-wide singletons; start every test from a clean slate."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

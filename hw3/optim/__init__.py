@@ -69,7 +69,7 @@ def routing_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> str:
     For Muon the rule is the optimizer's own decision (cached in its state on the first step), so call this after
     one step for the truth."""
     names = {p: n for n, p in model.named_parameters()}
-    rows = ["| parameter | shape | update | lr | weight decay |", "|---|---|---|---|---|"]
+    rows = ["| parameter | shape | update | lr at step 1 | weight decay |", "|---|---|---|---|---|"]
     for group in optimizer.param_groups:
         for p in group["params"]:
             state = optimizer.state.get(p, {})

@@ -1,0 +1,77 @@
+"""hw3.optim: each optimizer and schedule trains the quickstart through the CLI; Muon's routing; weight decay."""
+import pytest
+import torch
+
+from conftest import RECIPES, read_summary
+from hw3.config import OptimConfig
+from hw3.models import build_model
+from hw3.config import ModelConfig
+from hw3.optim import OPTIMIZERS, routing_table
+
+QUICK = RECIPES / "quickstart.yaml"
+
+OPTIMIZER_RUNS = {
+    "sgd": ["optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9"],
+    "sgd-plain": ["optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.0"],
+    "adam": ["optim.name=adam", "optim.lr=2e-3"],
+    "adamw": ["optim.name=adamw"],
+    "sam": ["optim.name=sam", "optim.base=sgd", "optim.lr=0.05", "optim.rho=0.05"],
+    "asam": ["optim.name=sam", "optim.base=sgd", "optim.lr=0.05", "optim.adaptive=true", "optim.rho=0.5"],
+    "sam-bf16": ["optim.name=sam", "optim.base=adamw", "train.mixed_precision=bf16"],
+    "muon": ["optim.name=muon", "optim.lr=3e-3"],
+    "sam-muon": ["optim.name=sam", "optim.base=muon", "optim.lr=3e-3"],
+}
+SCHEDULE_RUNS = {
+    "none": ["sched.name=none", "optim.lr=1e-3"],
+    "step": ["sched.name=step", "sched.step_size=5", "sched.gamma=0.3"],
+    "multistep": ["sched.name=multistep", "sched.milestones=[6, 10]"],
+    "plateau": ["sched.name=plateau", "sched.patience=1", "sched.gamma=0.5"],
+    "cosine": ["sched.name=cosine", "sched.warmup_epochs=1.5"],
+    "onecycle": ["sched.name=onecycle"],
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZER_RUNS) + [f"sched-{s}" for s in SCHEDULE_RUNS])
+def test_trains_the_quickstart_to_90_percent(train, tmp_path, name):
+    overrides = OPTIMIZER_RUNS.get(name) or SCHEDULE_RUNS[name.removeprefix("sched-")]
+    result = train("--recipe", QUICK, "train.epochs=8", "log.trackers=[]", *overrides, f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    assert read_summary(tmp_path / "run")["test_acc"] >= 0.90
+
+
+def test_muon_routes_stem_head_and_1d_tensors_to_adamw_on_resnet18():
+    model = build_model(ModelConfig(name="resnet18"), 10, 3, 32)
+    opt = OPTIMIZERS.get("muon")(OptimConfig(name="muon", lr=0.02, fallback_lr=3e-4, weight_decay=0.05), model)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opt.step()
+    table = {row.split("|")[1].strip(): row.split("|")[3].strip() for row in routing_table(model, opt).splitlines()[2:]}
+    assert table["conv1.weight"] == table["fc.weight"] == table["fc.bias"] == table["bn1.weight"] == "adamw (fallback)"
+    assert table["layer1.0.conv1.weight"] == table["layer4.1.conv2.weight"] == "muon"
+    lrs = {row.split("|")[1].strip(): float(row.split("|")[4]) for row in routing_table(model, opt).splitlines()[2:]}
+    assert lrs["fc.weight"] == pytest.approx(3e-4) and lrs["layer1.0.conv1.weight"] == pytest.approx(0.02)
+
+
+def test_muon_run_writes_its_routing_table(train, tmp_path):
+    result = train("--recipe", QUICK, "optim.name=muon", "train.epochs=1", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    table = (tmp_path / "run" / "optimizer_routing.md").read_text()
+    assert "| body.0.weight | 64x32x3x3 | muon |" in table and "| head.weight | 10x1024 | adamw (fallback) |" in table
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "muon"])
+def test_no_weight_decay_on_norms_and_biases_unless_asked(name):
+    model = build_model(ModelConfig(name="test_resnet"), 10, 3, 32)
+    one_d = {id(p) for p in model.parameters() if p.ndim <= 1}
+    opt = OPTIMIZERS.get(name)(OptimConfig(name=name, weight_decay=0.1), model)
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert group["weight_decay"] == (0.0 if ids <= one_d else 0.1) and (ids <= one_d or not ids & one_d)
+    opt = OPTIMIZERS.get(name)(OptimConfig(name=name, weight_decay=0.1, decay_norm_and_bias=True), model)
+    assert all(g["weight_decay"] == 0.1 for g in opt.param_groups)
+
+
+def test_sgd_nesterov_switch():
+    model = torch.nn.Linear(2, 2)
+    assert OPTIMIZERS.get("sgd")(OptimConfig(name="sgd", nesterov=True), model).param_groups[0]["nesterov"]
+    assert not OPTIMIZERS.get("sgd")(OptimConfig(name="sgd", nesterov=False), model).param_groups[0]["nesterov"]

@@ -1,0 +1,111 @@
+"""hw3.models: timm models with the small-input stem, pretrained weights from a local file, hw3's tiny models,
+and the one-line loader."""
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from conftest import RECIPES, read_summary
+from hw3 import load_model
+from hw3.config import ModelConfig
+from hw3.errors import UserError
+from hw3.models import build_model, pretrained_data_config
+
+QUICK = RECIPES / "quickstart.yaml"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnest14d", "resnest26d"])
+def test_small_input_stem_keeps_cifar_resolution(name):
+    small = build_model(ModelConfig(name=name), 100, 3, 32)
+    plain = build_model(ModelConfig(name=name, small_input=False), 100, 3, 32)
+    x = torch.zeros(2, 3, 32, 32)
+    assert small.forward_features(x).shape[-1] == 4 and plain.forward_features(x).shape[-1] == 1
+    assert small(x).shape == (2, 100)
+    assert isinstance(small.maxpool, torch.nn.Identity)
+    first = small.get_submodule(small.pretrained_cfg["first_conv"])
+    assert first.stride == (1, 1) and first.kernel_size == (3, 3)
+
+
+def test_small_input_is_off_for_large_images_and_pretrained_models(tmp_path):
+    assert not build_model(ModelConfig(name="resnet18"), 10, 3, 224).hw3_small_input
+    file = tmp_path / "w.safetensors"
+    save_file(timm.create_model("resnet18").state_dict(), str(file))
+    assert not build_model(ModelConfig(name="resnet18", pretrained_file=str(file)), 10, 3, 32).hw3_small_input
+    with pytest.raises(UserError, match="model.small_input: only the resnet/resnest families"):
+        build_model(ModelConfig(name="simple_mlp", small_input=True), 10, 1, 28)
+
+
+def test_pretrained_file_loads_weights_with_a_new_head(tmp_path):
+    source = timm.create_model("resnet18")  # 1000 ImageNet classes, as timm saves it
+    file = tmp_path / "resnet18.safetensors"
+    save_file(source.state_dict(), str(file))
+    model = build_model(ModelConfig(name="resnet18", pretrained_file=str(file)), 37, 3, 224)
+    mine, theirs = model.state_dict(), source.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs if not k.startswith("fc."))
+    assert model.fc.weight.shape == (37, 512)
+    cfg = pretrained_data_config(ModelConfig(name="resnet18", pretrained_file=str(file)))
+    assert cfg["input_size"] == (3, 224, 224) and tuple(cfg["mean"]) == (0.485, 0.456, 0.406)
+
+
+def test_pretrained_file_problems_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="model.pretrained_file: .*does not exist"):
+        build_model(ModelConfig(name="resnet18", pretrained_file=str(tmp_path / "nope.pth")), 10, 3, 32)
+    other = tmp_path / "resnet50.safetensors"
+    save_file(timm.create_model("resnet50").state_dict(), str(other))
+    with pytest.raises(UserError, match="could not load resnet18 weights from .*resnet50.safetensors"):
+        build_model(ModelConfig(name="resnet18", pretrained_file=str(other)), 10, 3, 32)
+
+
+def test_pretrained_from_the_hub_offline_points_at_pretrained_file():
+    with pytest.raises(UserError, match="set model.pretrained_file to a local file"):
+        build_model(ModelConfig(name="resnet18", pretrained=True), 10, 3, 32)
+
+
+def test_pretrained_file_through_the_cli_uses_the_models_normalization(train, tmp_path):
+    file = tmp_path / "test_resnet.safetensors"
+    save_file(timm.create_model("test_resnet").state_dict(), str(file))
+    result = train("--recipe", QUICK, "model.name=test_resnet", f"model.pretrained_file={file}", "data.image_size=32",
+                   "train.epochs=1", "train.batch_size=16", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    card = json.loads((tmp_path / "run" / "best" / "model.json").read_text())
+    timm_cfg = timm.models.get_pretrained_cfg("test_resnet")
+    assert card["in_chans"] == 3 and card["mean"] == list(timm_cfg.mean) and card["small_input"] is False
+    assert read_summary(tmp_path / "run")["pretrained"] is True
+
+
+def test_simple_mlp_takes_its_input_size_from_the_data_and_its_layers_from_the_recipe():
+    model = build_model(ModelConfig(name="simple_mlp", kwargs={"hidden_sizes": [64, 32]}, drop_rate=0.2), 10, 3, 16)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(768, 64), (64, 32), (32, 10)]
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+    with pytest.raises(UserError, match="model.kwargs"):
+        build_model(ModelConfig(name="resnet18", kwargs={"hidden_sizes": [3]}), 10, 3, 32)
+
+
+def test_load_model_round_trips_predictions(train, tmp_path):
+    result = train("--recipe", QUICK, "train.epochs=2", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    model = load_model(str(tmp_path / "run"))
+    same = load_model(str(tmp_path / "run" / "best" / "model.safetensors"))
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.equal(model(x), same(x)) and model.hw3_card["classes"] == [str(i) for i in range(10)]
+    # The same weights through timm alone (the classifier is kept when the overlay gives its class count).
+    file = str(tmp_path / "run" / "best" / "model.safetensors")
+    timm_model = timm.create_model("simple_cnn", in_chans=1, num_classes=10, pretrained=True,
+                                   pretrained_cfg_overlay=dict(file=file, num_classes=10))
+    assert torch.equal(timm_model.eval()(x), model(x))
+
+
+def test_channels_last_option_trains(train, tmp_path):
+    result = train("--recipe", QUICK, "model.name=test_resnet", "data.image_size=16", "train.channels_last=true",
+                   "train.epochs=1", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+
+
+@pytest.mark.slow
+def test_compile_option_trains(train, tmp_path):
+    result = train("--recipe", QUICK, "train.compile=true", "train.epochs=2", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    assert read_summary(tmp_path / "run")["test_acc"] > 0.9
