@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import signal
 import sys
 import time
@@ -216,11 +217,8 @@ def make_mixup(cfg: TrainConfig, num_classes: int):
 
 
 def new_wandb_id(cfg: Config) -> Optional[str]:
-    if "wandb" not in cfg.log.trackers:
-        return None
-    import wandb
-
-    return wandb.util.generate_id()
+    """A run id chosen once and kept in the checkpoints, so a resumed run continues the same WandB run."""
+    return secrets.token_hex(4) if "wandb" in cfg.log.trackers else None
 
 
 def batch_size_for(cfg: TrainConfig, epoch: int) -> int:
@@ -302,6 +300,7 @@ class EpochSums:
             torch.tensor(float(saved.get(k, 0.0)), dtype=torch.float64, device=device)
             for k in ("loss", "correct", "count", "grad_norm"))
         self.steps, self.skipped, self.seconds = saved.get("steps", 0), saved.get("skipped", 0), saved.get("seconds", 0.0)
+        self.lr_factor = saved.get("lr_factor", 1.0)  # the schedule's factor at the latest step, for the log
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         n = y.shape[0]
@@ -311,7 +310,8 @@ class EpochSums:
 
     def to_dict(self, seconds: float) -> dict:
         return dict(loss=self.loss.item(), correct=self.correct.item(), count=self.count.item(),
-                    grad_norm=self.grad_norm.item(), steps=self.steps, skipped=self.skipped, seconds=seconds)
+                    grad_norm=self.grad_norm.item(), steps=self.steps, skipped=self.skipped, seconds=seconds,
+                    lr_factor=self.lr_factor)
 
 
 def train_one_epoch(r: Run, epoch: int, batch_size: int) -> dict:
@@ -327,7 +327,7 @@ def train_one_epoch(r: Run, epoch: int, batch_size: int) -> dict:
     for i, (x, y) in enumerate(r.data.train_batches(epoch, batch_size, r.state.batch), start=r.state.batch):
         last = (i + 1) % t.grad_accum_steps == 0 or i + 1 == steps
         if i % t.grad_accum_steps == 0:
-            lr_factor = set_lr(r.optimizer, r.schedule, r.state.step, scale)
+            sums.lr_factor = set_lr(r.optimizer, r.schedule, r.state.step, scale)
         loss, logits = forward_backward(r, x, y, weights[i], sync=last)
         sums.add(loss, logits, y)
         r.state.batch = i + 1
@@ -349,7 +349,7 @@ def train_one_epoch(r: Run, epoch: int, batch_size: int) -> dict:
             break
     if bar is not None:
         bar.close()
-    return epoch_train_metrics(r, sums, sums.seconds + time.perf_counter() - started, lr_factor, batch_size)
+    return epoch_train_metrics(r, sums, sums.seconds + time.perf_counter() - started, batch_size)
 
 
 def micro_batch_weights(data: Data, batch_size: int, accum: int) -> list[float]:
@@ -443,12 +443,12 @@ def progress_bar(r: Run, steps: int, epoch: int):
     return tqdm(total=steps, initial=r.state.batch, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
 
 
-def epoch_train_metrics(r: Run, sums: EpochSums, seconds: float, lr_factor: float, batch_size: int) -> dict:
+def epoch_train_metrics(r: Run, sums: EpochSums, seconds: float, batch_size: int) -> dict:
     totals = r.accelerator.reduce(torch.stack([sums.loss, sums.correct, sums.count]), "sum").tolist()
     loss, correct, count = totals
     scaler = r.accelerator.scaler
     return dict(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1),
-                lr=r.cfg.optim.lr * lr_factor, batch_size=batch_size, epoch_time_s=seconds,
+                lr=r.cfg.optim.lr * sums.lr_factor, batch_size=batch_size, epoch_time_s=seconds,
                 images_per_s=count / max(seconds, 1e-9), grad_norm=sums.grad_norm.item() / max(1, sums.steps - sums.skipped),
                 skipped_steps=sums.skipped, loss_scale=scaler.get_scale() if scaler is not None else None)
 

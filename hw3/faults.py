@@ -1,5 +1,6 @@
-"""Crash injection for the crash-and-resume tests: `HW3_CRASH_AT=<point>:<n>` SIGKILLs this process the n-th
-time it reaches <point> (train_step, validation, checkpoint_save, after_save). Unset, it does nothing."""
+"""Fault injection for the crash-and-resume tests. `HW3_CRASH_AT=<point>:<n>[:<signal>]` sends this process
+SIGKILL (or the named signal, e.g. TERM) the n-th time it reaches <point>: train_step (after an optimizer step),
+validation, checkpoint_save (all files written, not yet renamed into place), after_save. Unset: nothing."""
 import os
 import signal
 from collections import Counter
@@ -11,8 +12,8 @@ _seen: Counter = Counter()
 def crash_point(name: str) -> None:
     if not _SPEC:
         return
-    point, _, nth = _SPEC.partition(":")
+    point, nth, *sig = _SPEC.split(":")
     if point == name:
         _seen[name] += 1
-        if _seen[name] == int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if _seen[name] == int(nth):
+            os.kill(os.getpid(), getattr(signal, f"SIG{sig[0]}") if sig else signal.SIGKILL)

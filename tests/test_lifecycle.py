@@ -1,0 +1,209 @@
+"""Training lifecycle: early stopping, best weights vs rolling checkpoints, exact resume after SIGKILL and
+SIGTERM, the batch-size schedule, EMA/mixup, trackers, non-finite steps."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hw3.engine
+from conftest import RECIPES, ROOT, read_metrics, read_summary, run_subprocess
+from hw3.checkpoint import list_checkpoints
+
+QUICK = RECIPES / "quickstart.yaml"
+DETERMINISTIC = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_norm", "skipped_steps")
+# Every stateful feature at once: EMA, mixup (numpy RNG), label smoothing, augmentation in DataLoader workers,
+# a batch-size schedule with lr scaling, a plateau schedule, early-stopping counters.
+RICH = ["train.epochs=4", "train.ema_decay=0.9", "train.mixup=0.2", "train.label_smoothing=0.1",
+        "data.augment=crop_flip", "data.crop_padding=1", "data.loader=dataloader", "data.num_workers=2",
+        "train.batch_size_schedule={0: 32, 2: 64}", "train.lr_scaling=sqrt", "sched.name=plateau",
+        "sched.patience=0", "early_stop.patience=10", "log.trackers=[]"]
+
+
+def deterministic(rows):
+    return [{k: r[k] for k in DETERMINISTIC} for r in rows]
+
+
+def last_weights(run_dir: Path) -> dict:
+    return load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors"))
+
+
+def assert_same_run(a: Path, b: Path):
+    assert deterministic(read_metrics(a)) == deterministic(read_metrics(b))
+    wa, wb = last_weights(a), last_weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ea, eb = (load_file(str(list_checkpoints(d)[-1] / "ema.safetensors")) for d in (a, b))
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    sa, sb = read_summary(a), read_summary(b)
+    assert (sa["test_acc"], sa["best_epoch"], sa["optimizer_steps"]) == (sb["test_acc"], sb["best_epoch"], sb["optimizer_steps"])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("lifecycle") / "whole"
+    result = run_subprocess(["--recipe", QUICK, *RICH, f"output_dir={run_dir}"], cwd=ROOT)
+    assert result.code == 0, result.err[-3000:]
+    return run_dir
+
+
+def test_sigkill_mid_epoch_then_the_same_command_resumes_bit_for_bit(uninterrupted, tmp_path):
+    args = ["--recipe", QUICK, *RICH, f"output_dir={tmp_path / 'run'}"]
+    crashed = run_subprocess(args, cwd=ROOT, HW3_CRASH_AT="train_step:50")  # epoch 1 has steps 41..82
+    assert crashed.code == -9
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0001-batch000000"]
+    resumed = run_subprocess(args, cwd=ROOT)
+    assert resumed.code == 0, resumed.err[-3000:]
+    assert "resuming from" in resumed.out
+    assert_same_run(uninterrupted, tmp_path / "run")
+
+
+def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(uninterrupted, tmp_path):
+    args = ["--recipe", QUICK, *RICH, f"output_dir={tmp_path / 'run'}"]
+    stopped = run_subprocess(args, cwd=ROOT, HW3_CRASH_AT="train_step:60:TERM")
+    assert stopped.code == 128 + 15, stopped.err[-3000:]
+    assert "checkpoint saved" in stopped.out and "Traceback" not in stopped.err
+    newest = list_checkpoints(tmp_path / "run")[-1]
+    assert newest.name == "epoch0001-batch000019"  # 41 steps in epoch 0, 19 of epoch 1
+    state = json.loads((newest / "trainer_state.json").read_text())
+    assert state["batch"] == 19 and state["partial"]["count"] == 19 * 32
+    resumed = run_subprocess(args, cwd=ROOT)
+    assert resumed.code == 0, resumed.err[-3000:]
+    assert_same_run(uninterrupted, tmp_path / "run")
+
+
+def test_batch_size_schedule_and_lr_scaling_show_in_metrics(uninterrupted):
+    rows = read_metrics(uninterrupted)
+    assert [r["batch_size"] for r in rows] == [32, 32, 64, 64]
+    # plateau factors aside, the lr jumps by sqrt(64/32) when the batch doubles
+    assert rows[2]["lr"] / rows[1]["lr"] in (pytest.approx(math.sqrt(2)), pytest.approx(math.sqrt(2) * 0.1))
+
+
+def test_early_stopping_fires_on_time_and_keeps_the_best(train, tmp_path):
+    # lr = 0: the model never changes, so epoch 0 stays the best and every later epoch is "no improvement".
+    args = ["--recipe", QUICK, "model.name=simple_mlp", "optim.lr=0", "sched.name=none", "early_stop.patience=2",
+            "train.epochs=20", "train.keep_last=1", f"output_dir={tmp_path / 'run'}"]
+    result = train(*args)
+    assert result.code == 0, result.err
+    summary = read_summary(tmp_path / "run")
+    assert summary["stopped_early"] is True and summary["epochs_completed"] == 3 and summary["stopped_epoch"] == 2
+    assert summary["best_epoch"] == 0
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0003-batch000000"]  # keep_last=1 ...
+    assert json.loads((tmp_path / "run" / "best" / "meta.json").read_text())["epoch"] == 0  # ... best kept apart
+    again = train(*args)  # rerunning a finished run trains nothing more
+    assert again.code == 0 and read_summary(tmp_path / "run")["epochs_completed"] == 3
+
+
+def test_early_stopping_state_survives_a_resume(train, tmp_path):
+    base = ["--recipe", QUICK, "model.name=simple_mlp", "optim.lr=0", "sched.name=none", "early_stop.patience=3",
+            f"output_dir={tmp_path / 'run'}"]
+    assert train(*base, "train.epochs=2").code == 0  # epoch 1: one epoch without improvement so far
+    assert train(*base, "train.epochs=20").code == 0
+    assert read_summary(tmp_path / "run")["epochs_completed"] == 4  # stops after epoch 3, not 1 + 4
+
+
+def test_warmup_epochs_delay_early_stopping(train, tmp_path):
+    result = train("--recipe", QUICK, "model.name=simple_mlp", "optim.lr=0", "sched.name=none", "early_stop.patience=2",
+                   "early_stop.warmup_epochs=3", "train.epochs=20", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0 and read_summary(tmp_path / "run")["epochs_completed"] == 5
+
+
+def test_ema_is_evaluated_checkpointed_and_eligible(train, tmp_path):
+    result = train("--recipe", QUICK, "train.ema_decay=0.9", "train.epochs=3", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    assert "(ema " in result.out
+    assert (list_checkpoints(tmp_path / "run")[-1] / "ema.safetensors").is_file()
+    assert read_summary(tmp_path / "run")["best_source"] in ("model", "ema")
+
+
+def test_mixup_cutmix_and_label_smoothing_train(train, tmp_path):
+    result = train("--recipe", QUICK, "train.mixup=0.2", "train.cutmix=0.2", "train.label_smoothing=0.1",
+                   "train.epochs=6", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    assert read_summary(tmp_path / "run")["test_acc"] > 0.9
+
+
+def test_resume_never_and_overwrite(train, tmp_path):
+    args = ["--recipe", QUICK, "train.epochs=1", f"output_dir={tmp_path / 'run'}"]
+    assert train(*args).code == 0
+    refused = train(*args, "train.resume=never")
+    assert refused.code == 2 and "already holds a run" in refused.err
+    assert (tmp_path / "run" / "summary.json").is_file()  # untouched
+    assert train(*args, "train.resume=never", "train.overwrite=true").code == 0
+    first = list_checkpoints(tmp_path / "run")[0]
+    assert train("--recipe", QUICK, "train.epochs=2", f"train.resume={first}", f"output_dir={tmp_path / 'other'}").code == 0
+    assert len(read_metrics(tmp_path / "other")) == 2
+    missing = train(*args, f"train.resume={tmp_path / 'nope'}")
+    assert missing.code == 2 and "not a complete hw3 checkpoint" in missing.err
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(train, tmp_path):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    result = train("--recipe", QUICK, f"output_dir={precious}", "train.overwrite=true")
+    assert result.code == 2 and "refusing to delete" in result.err
+    assert (precious / "thesis.tex").read_text() == "do not delete"
+    result = train("--recipe", QUICK, f"output_dir={precious}")
+    assert result.code == 2 and "holds no hw3 checkpoint" in result.err
+
+
+def test_tensorboard_events_hold_the_scalars(train, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert train("--recipe", QUICK, "train.epochs=2", f"output_dir={tmp_path / 'run'}").code == 0
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "hw3"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "images_per_s", "epoch_time_s",
+            "grad_norm", "skipped_steps"} <= tags
+    rows = read_metrics(tmp_path / "run")
+    assert [e.value for e in acc.Scalars("val_acc")] == pytest.approx([r["val_acc"] for r in rows])
+
+
+def test_wandb_offline_history_and_resumed_run_id(train, tmp_path):
+    args = ["--recipe", QUICK, "log.trackers=[wandb]", "log.run_name=quick", "log.tags=[test]", f"output_dir={tmp_path / 'run'}"]
+    assert train(*args, "train.epochs=1").code == 0
+    assert train(*args, "train.epochs=2").code == 0
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1  # one run id, continued
+    history = b"".join(f.read_bytes() for r in runs for f in r.glob("*.wandb"))
+    assert b"val_acc" in history and b"train_loss" in history
+
+
+def planted_nan(monkeypatch, bad_steps):
+    """The loss becomes NaN on the given (0-based) forward calls."""
+    real = hw3.engine.make_loss
+    calls = {"n": 0}
+
+    def make(cfg):
+        inner = real(cfg)
+
+        def loss(logits, targets):
+            value = inner(logits, targets)
+            calls["n"] += 1
+            return value * float("nan") if calls["n"] - 1 in bad_steps else value
+        return loss
+
+    monkeypatch.setattr(hw3.engine, "make_loss", make)
+
+
+def test_planted_nan_steps_are_skipped_and_counted(train, tmp_path, monkeypatch):
+    planted_nan(monkeypatch, {25, 26, 27})
+    result = train("--recipe", QUICK, "train.epochs=3", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 0, result.err
+    rows = read_metrics(tmp_path / "run")
+    assert [r["skipped_steps"] for r in rows] == [0, 3, 0]
+    assert read_summary(tmp_path / "run")["skipped_steps"] == 3 and read_summary(tmp_path / "run")["test_acc"] > 0.9
+
+
+def test_consecutive_nan_steps_stop_the_run_cleanly(train, tmp_path, monkeypatch):
+    planted_nan(monkeypatch, set(range(30, 10_000)))
+    result = train("--recipe", QUICK, "train.epochs=5", "train.max_bad_steps=5", f"output_dir={tmp_path / 'run'}")
+    assert result.code == 1
+    assert "error: 5 consecutive non-finite steps" in result.err and "epoch0001-batch000000" in result.err
+    summary = read_summary(tmp_path / "run")
+    assert summary["stopped_reason"] == "non_finite" and summary["epochs_completed"] == 1
+    weights = last_weights(tmp_path / "run")
+    assert all(t.isfinite().all() for t in weights.values() if t.is_floating_point())
