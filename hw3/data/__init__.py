@@ -1,0 +1,128 @@
+"""The input pipeline: a dataset from the registry, the model's input spec, and ready-to-use batches."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from hw3.config import DataConfig
+from hw3.data.loaders import (DeviceLoader, SampleDataset, WorkerLoader, eval_positions, steps_per_epoch,
+                              train_positions)
+from hw3.data.sources import Source, Split, load_source
+from hw3.data.transforms import CROPS, FLIPS, InputStage, auto_augment, channel_stats, draw, photo_transform
+from hw3.errors import UserError
+
+__all__ = ["Data", "InputSpec", "Source", "load_source", "resolve_input"]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DEVICE_MEMORY_SHARE = 0.25  # the device path may use this share of GPU memory for a dataset
+
+
+@dataclass
+class InputSpec:
+    """What the model is fed."""
+
+    size: int  # px (square)
+    channels: int  # 1 or 3
+    mean: list[float]  # per channel, in [0, 1]
+    std: list[float]
+    crop_pct: float = 0.875  # evaluation of photos: resize to size / crop_pct, then center crop
+
+
+def resolve_input(cfg: DataConfig, src: Source, pretrained: Optional[dict]) -> InputSpec:
+    """Size and normalization: the recipe's values, else the pretrained model's, else the dataset's own."""
+    pretrained = pretrained or {}
+    size = cfg.image_size or (pretrained.get("input_size") or (None, None, None))[-1] or src.native_size or 224
+    channels = 3 if pretrained else src.channels
+    if cfg.mean is not None or cfg.std is not None:
+        mean, std = cfg.mean or [0.5] * channels, cfg.std or [0.25] * channels
+    elif pretrained:
+        mean, std = list(pretrained["mean"]), list(pretrained["std"])
+    elif src.in_memory:
+        mean, std = channel_stats(src.train.images)
+    else:  # photos read from disk: ImageNet statistics describe them well enough
+        mean, std = list(IMAGENET_MEAN[:channels]), list(IMAGENET_STD[:channels])
+    for key, values in (("data.mean", mean), ("data.std", std)):
+        if len(values) not in (1, channels):
+            raise UserError(f"{key}: {len(values)} values for a model fed {channels}-channel images")
+    return InputSpec(size, channels, list(mean), list(std), pretrained.get("crop_pct", 0.875))
+
+
+class Data:
+    """Train / val / test batches for this process, already on the device and normalized."""
+
+    def __init__(self, cfg: DataConfig, src: Source, spec: InputSpec, device: torch.device, world: int,
+                 rank: int, seed: int, channels_last: bool = False):
+        self.src, self.world, self.rank, self.seed = src, world, rank, seed
+        self.policy = cfg.augment or src.augment
+        self.padding = src.crop_padding if cfg.crop_padding is None else cfg.crop_padding
+        self.on_device = choose_device_path(cfg, src, self.policy, device)
+        self.stage = InputStage(spec.size, spec.channels, spec.mean, spec.std, device, channels_last)
+        self.loaders = {}
+        for name, split in (("train", src.train), ("val", src.val), ("test", src.test)):
+            if split is not None:
+                self.loaders[name] = self._loader(cfg, split, spec, device, train=name == "train", keep=name != "test")
+
+    def _loader(self, cfg: DataConfig, split: Split, spec: InputSpec, device, train: bool, keep: bool):
+        if self.on_device:
+            return DeviceLoader(split, device, self.policy, self.padding)
+        if split.images is None or (train and self.policy == "resized_crop_flip"):
+            transform = photo_transform(self.policy, spec.size, self.padding, spec.crop_pct, cfg.auto_augment, train)
+        else:  # in memory: crop and flip come with the sample's key; only auto-augment remains per sample
+            transform = auto_augment(cfg.auto_augment) if train else None
+        workers = default_workers(device, self.world) if cfg.num_workers is None else cfg.num_workers
+        return WorkerLoader(
+            SampleDataset(split, self.policy, self.padding, transform), device, workers,
+            pin_memory=device.type == "cuda" if cfg.pin_memory is None else cfg.pin_memory,
+            persistent_workers=keep if cfg.persistent_workers is None else cfg.persistent_workers,
+            prefetch_factor=cfg.prefetch_factor, seed=self.seed,
+        )
+
+    @property
+    def num_train(self) -> int:
+        return len(self.src.train)
+
+    def steps(self, batch_size: int) -> int:
+        return steps_per_epoch(self.num_train, self.world, batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch `epoch` at global batch `batch_size`, from batch `start_batch` on (mid-epoch resume)."""
+        per_process = batch_size // self.world
+        positions = train_positions(self.num_train, self.world, self.rank, self.seed, epoch)[start_batch * per_process :]
+        augmenting = self.policy != "none" or not self.on_device
+        params = draw(self.num_train, self.seed, epoch, self.padding) if augmenting else None
+        for x, y in self.loaders["train"].batches(positions, per_process, params):
+            yield self.stage(x), y
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(getattr(self.src, split))
+        per_process = max(1, batch_size // self.world)
+        for x, y in self.loaders[split].batches(eval_positions(n, self.world, self.rank), per_process, None):
+            yield self.stage(x), y
+
+
+def choose_device_path(cfg: DataConfig, src: Source, policy: str, device: torch.device) -> bool:
+    """True when batches come from a device-resident copy of the data (`data.loader`: auto picks it when it can)."""
+    blockers = []
+    if not src.in_memory:
+        blockers.append(f"{cfg.name} is read from disk image by image")
+    if policy not in ("none",) + CROPS + FLIPS:
+        blockers.append(f"data.augment={policy} runs per sample in torchvision")
+    if cfg.auto_augment:
+        blockers.append(f"data.auto_augment={cfg.auto_augment} runs per sample in torchvision")
+    if not blockers and device.type == "cuda":
+        nbytes = sum(s.images.numel() for s in (src.train, src.val, src.test) if s is not None)
+        budget = DEVICE_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
+        if nbytes > budget:
+            blockers.append(f"the images take {nbytes / 2**30:.1f} GiB, over {DEVICE_MEMORY_SHARE:.0%} of the GPU")
+    if cfg.loader == "device" and blockers:
+        raise UserError(f"data.loader=device is not possible: {'; '.join(blockers)}; use data.loader=auto")
+    return cfg.loader != "dataloader" and not blockers
+
+
+def default_workers(device: torch.device, world: int) -> int:
+    """DataLoader workers per process: the CPUs a process can spare (a CPU run needs its cores for compute)."""
+    per_process = max(1, (os.cpu_count() or 1) // max(1, world))
+    return min(8, per_process) if device.type == "cuda" else min(2, per_process // 2)
