@@ -155,7 +155,7 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path, resume_from:
     r = Run(cfg, accelerator, run_dir, data, model, accelerator.unwrap_model(model), optimizer,
             build_schedule(cfg.sched, cfg.optim.lr, epoch_starts(cfg.train, data)),
             TrainState(world_size=accelerator.num_processes), Tracker(accelerator, run_dir, cfg.log),
-            model_card(cfg.model, net, spec.channels, spec.size, spec.mean, spec.std, src.classes),
+            model_card(cfg.model, net, spec, src.classes),
             EarlyStopping(cfg.early_stop), make_loss(cfg.train), SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
             ema, make_mixup(cfg.train, len(src.classes)))
     if accelerator.is_main_process:

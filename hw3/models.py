@@ -162,12 +162,29 @@ def check_forward(model: nn.Module, in_chans: int, image_size: int, name: str) -
         model.train(was_training)
 
 
-def model_card(cfg: ModelConfig, model: nn.Module, in_chans: int, image_size: int, mean, std,
-               classes: list[str]) -> dict:
-    """Everything `load_model` needs to rebuild the network around exported weights."""
-    return dict(name=cfg.name, num_classes=len(classes), in_chans=in_chans, image_size=image_size,
+def model_card(cfg: ModelConfig, model: nn.Module, spec, classes: list[str]) -> dict:
+    """Everything `load_model` needs to rebuild the network around exported weights, and to feed it."""
+    return dict(name=cfg.name, num_classes=len(classes), in_chans=spec.channels, image_size=spec.size,
                 small_input=model.hw3_small_input, drop_rate=cfg.drop_rate, kwargs=cfg.kwargs,
-                mean=list(mean), std=list(std), classes=classes)
+                mean=list(spec.mean), std=list(spec.std), crop_pct=spec.crop_pct, classes=classes)
+
+
+def model_from_card(card: dict, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The network a model card describes, holding `weights` (accelerate's 'module.'/'_orig_mod.' prefixes of
+    DDP/compiled checkpoints are dropped)."""
+    cfg = ModelConfig(name=card["name"], small_input=card["small_input"], drop_rate=card["drop_rate"], kwargs=card["kwargs"])
+    model = build_model(cfg, card["num_classes"], card["in_chans"], card["image_size"], load_weights=False)
+    clean = {}
+    for key, value in weights.items():
+        for prefix in ("module.", "_orig_mod."):
+            key = key.removeprefix(prefix)
+        clean[key] = value
+    try:
+        model.load_state_dict(clean)
+    except RuntimeError as e:
+        raise UserError(f"weights do not fit {card['name']} ({str(e).strip().splitlines()[0][:160]})") from None
+    model.hw3_card = card  # classes and the normalization the model was trained with
+    return model.eval()
 
 
 def load_model(path: str, device: str = "cpu") -> nn.Module:
@@ -183,9 +200,4 @@ def load_model(path: str, device: str = "cpu") -> nn.Module:
     card_file = weights.with_name("model.json")
     if not weights.is_file() or not card_file.is_file():
         raise UserError(f"{path}: no model.safetensors with its model.json there")
-    card = json.loads(card_file.read_text())
-    cfg = ModelConfig(name=card["name"], small_input=card["small_input"], drop_rate=card["drop_rate"], kwargs=card["kwargs"])
-    model = build_model(cfg, card["num_classes"], card["in_chans"], card["image_size"], load_weights=False)
-    model.load_state_dict(load_file(str(weights), device=device))
-    model.hw3_card = card
-    return model.to(device).eval()
+    return model_from_card(json.loads(card_file.read_text()), load_file(str(weights))).to(device)

@@ -1,0 +1,132 @@
+"""Compare runs the way the known report did:
+
+    python -m hw3.report RUN_DIR [RUN_DIR ...] [--out report.md]
+
+A markdown table (strategy, model, pretrained, image size, epochs, best val accuracy, test accuracy, wall time,
+hardware), one row per run, and learning curves (loss and accuracy per epoch, one colour per run) saved next to
+the report as <name>_loss.png and <name>_accuracy.png. Runs still in progress are read from metrics.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from hw3.cli import Parser, one_line
+from hw3.errors import UserError
+
+COLUMNS = ("run", "strategy", "model", "pretrained", "image size", "epochs", "best val acc", "test acc", "wall time",
+           "hardware")
+
+
+def read_run(run_dir: Path) -> dict:
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not an hw3 run dir (no config.yaml)")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    metrics = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
+    return dict(dir=run_dir, cfg=cfg, rows=rows, summary=summary)
+
+
+def strategy(cfg: dict) -> str:
+    o, s, t = cfg["optim"], cfg["sched"], cfg["train"]
+    name = f"SAM{' (adaptive)' if o['adaptive'] else ''} rho {o['rho']:g} + {o['base']}" if o["name"] == "sam" else o["name"]
+    parts = [f"{name}, lr {o['lr']:g}", s["name"]]
+    parts += [f"label smoothing {t['label_smoothing']:g}"] if t["label_smoothing"] else []
+    parts += ["mixup/cutmix"] if t["mixup"] or t["cutmix"] else []
+    parts += [f"EMA {t['ema_decay']:g}"] if t["ema_decay"] else []
+    return ", ".join(parts)
+
+
+def hardware(run: dict) -> str:
+    summary = run["summary"]
+    if summary:
+        return f"{summary['processes']} x {summary['device']}" if summary["processes"] > 1 else summary["device"]
+    command = run["dir"] / "command.txt"
+    lines = [l for l in command.read_text().splitlines() if l.startswith("processes:")] if command.is_file() else []
+    return lines[-1].split("device: ", 1)[-1].split(",")[0] if lines else "?"
+
+
+def clock(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def row(run: dict) -> dict:
+    cfg, rows, summary = run["cfg"], run["rows"], run["summary"]
+    model = cfg["model"]
+    pretrained = "yes" if model["pretrained"] or model["pretrained_file"] else "no"
+    best_val = summary["best_val_acc"] if summary else max((r["val_acc"] for r in rows), default=None)
+    test = summary.get("test_acc") if summary else None
+    epochs = f"{len(rows)}/{cfg['train']['epochs']}" + ("" if summary else " (running)")
+    wall = summary["wall_time_s"] if summary else sum(r["epoch_time_s"] for r in rows)
+    size = summary["image_size"] if summary else cfg["data"]["image_size"] or "native"
+    pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731
+    return {"run": run["dir"].name, "strategy": strategy(cfg), "model": model["name"], "pretrained": pretrained,
+            "image size": size, "epochs": epochs, "best val acc": pct(best_val), "test acc": pct(test),
+            "wall time": clock(wall), "hardware": hardware(run)}
+
+
+def markdown(runs: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(row(run)[c]) for c in COLUMNS) + " |" for run in runs]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs: list[dict], path: Path, metric: str, ylabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for i, run in enumerate(runs):
+        epochs = [r["epoch"] for r in run["rows"]]
+        color = f"C{i % 10}"
+        ax.plot(epochs, [r[f"train_{metric}"] for r in run["rows"]], "--", color=color, label=f"{run['dir'].name} train")
+        ax.plot(epochs, [r[f"val_{metric}"] for r in run["rows"]], "-", color=color, label=f"{run['dir'].name} val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
+    runs = [read_run(d) for d in run_dirs]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plots = [out.with_name(f"{out.stem}_loss.png"), out.with_name(f"{out.stem}_accuracy.png")]
+    plot_curves(runs, plots[0], "loss", "cross-entropy loss")
+    plot_curves(runs, plots[1], "acc", "top-1 accuracy")
+    out.write_text(f"# Runs\n\n{markdown(runs)}\n![loss]({plots[0].name})\n\n![accuracy]({plots[1].name})\n")
+    return [out, *plots]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = Parser(prog="python -m hw3.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=Path("report.md"))
+    try:
+        args = p.parse_args(argv)
+        written = write_report(args.run_dirs, args.out)
+    except UserError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    print(markdown([read_run(d) for d in args.run_dirs]), end="")
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

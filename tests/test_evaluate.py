@@ -1,0 +1,81 @@
+"""python -m hw3.evaluate and python -m hw3.report on runs the tests make."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import RECIPES, read_summary
+from hw3.evaluate import main as evaluate_main
+from hw3.report import main as report_main
+
+QUICK = RECIPES / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from hw3.cli import main
+
+    tmp = tmp_path_factory.mktemp("eval")
+    assert main(["--recipe", str(QUICK), "train.epochs=3", f"output_dir={tmp / 'adamw'}"]) == 0
+    assert main(["--recipe", str(QUICK), "train.epochs=3", "optim.name=sam", "optim.lr=0.05", "optim.base=sgd",
+                 "train.label_smoothing=0.1", f"output_dir={tmp / 'sam'}"]) == 0
+    return tmp
+
+
+def assert_real_png(path, min_side=400):
+    image = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    assert min(image.shape) >= min_side, image.shape
+    assert image.std() > 10  # not blank
+    assert len(np.unique(image)) > 20
+
+
+def test_evaluate_best_on_test_matches_the_training_summary(finished, capsys):
+    assert evaluate_main([str(finished / "adamw")]) == 0
+    out = finished / "adamw" / "eval" / "test-best"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["top1"] == pytest.approx(read_summary(finished / "adamw")["test_acc"], abs=1e-9)
+    assert metrics["top5"] >= metrics["top1"] and metrics["count"] == 359
+    with open(out / "per_class.csv") as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["class"] for r in per_class] == [str(i) for i in range(10)]
+    assert sum(int(r["correct"]) for r in per_class) == round(metrics["top1"] * 359)
+    with open(out / "confusion.csv") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 11 and sum(int(v) for r in rows[1:] for v in r[1:]) == 359
+    assert_real_png(out / "confusion.png")
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_evaluate_last_checkpoint_on_val_and_errors(finished, capsys):
+    assert evaluate_main([str(finished / "sam"), "--split", "val", "--checkpoint", "last", "--device", "cpu"]) == 0
+    assert json.loads((finished / "sam" / "eval" / "val-last" / "metrics.json").read_text())["count"] == 144
+    assert evaluate_main([str(finished / "nope")]) == 2
+    assert evaluate_main([str(finished / "sam"), "--checkpoint", str(finished / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 2 and "Traceback" not in err
+
+
+def test_report_table_and_curves(finished, tmp_path, capsys):
+    out = tmp_path / "report" / "report.md"
+    assert report_main([str(finished / "adamw"), str(finished / "sam"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| run | strategy | model | pretrained | image size | epochs | best val acc | test acc | wall time | hardware |" in text
+    sam_row = next(line for line in text.splitlines() if line.startswith("| sam |"))
+    assert "SAM rho 0.05 + sgd" in sam_row and "label smoothing 0.1" in sam_row and "| 3/3 |" in sam_row
+    test_acc = read_summary(finished / "sam")["test_acc"]
+    assert f"{test_acc:.2%}" in sam_row
+    for name in ("report_loss.png", "report_accuracy.png"):
+        assert_real_png(out.parent / name, min_side=400)
+
+
+def test_report_reads_a_run_in_progress(finished, tmp_path):
+    import shutil
+
+    running = tmp_path / "running"
+    shutil.copytree(finished / "adamw", running)
+    (running / "summary.json").unlink()
+    out = tmp_path / "r.md"
+    assert report_main([str(running), "--out", str(out)]) == 0
+    assert "| 3/3 (running) |" in out.read_text()
