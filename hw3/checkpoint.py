@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -67,9 +68,6 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "command.txt").is_file()
 
 
-def has_finished_epochs(run_dir: Path) -> bool:
-    metrics = run_dir / "metrics.jsonl"
-    return metrics.is_file() and metrics.stat().st_size > 0
 
 
 def decide_start(cfg: TrainConfig, run_dir: Path) -> tuple[Optional[Path], bool]:
@@ -93,10 +91,12 @@ def decide_start(cfg: TrainConfig, run_dir: Path) -> tuple[Optional[Path], bool]
     checkpoints = list_checkpoints(run_dir)
     if checkpoints:
         return checkpoints[-1], False
-    if occupied and not (is_run_dir(run_dir) and not has_finished_epochs(run_dir)):
+    # A run that died before its first complete checkpoint has nothing to resume: start it over. A finished run
+    # (summary.json) whose checkpoints are gone, or a folder that is not a run, is someone's result: refuse.
+    if occupied and (not is_run_dir(run_dir) or (run_dir / "summary.json").exists()):
         raise UserError(f"output_dir: {run_dir} is not empty and holds no hw3 checkpoint to resume; "
                         f"choose another output_dir (or train.overwrite=true for an old hw3 run)")
-    return None, occupied  # nothing, or a run that died before its first checkpoint: start over
+    return None, occupied
 
 
 def check_writable(run_dir: Path) -> None:
@@ -149,6 +149,7 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, ema, keep_las
         accelerator.wait_for_everyone()
         crash_point("checkpoint_save")
         if accelerator.is_main_process:
+            fsync_tree(tmp)  # contents on disk before the name says "complete"
             if final.exists():  # the same position saved again (e.g. interrupted twice at one step)
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -157,6 +158,15 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, ema, keep_las
         raise UserError(f"checkpoint: saving {final} failed ({e.strerror or e}); the previous checkpoint is kept") from None
     accelerator.wait_for_everyone()
     return final
+
+
+def fsync_tree(folder: Path) -> None:
+    for path in [*folder.iterdir(), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def prune(run_dir: Path, keep_last: int) -> None:
@@ -176,6 +186,9 @@ def load_checkpoint(accelerator, path: Path, ema) -> TrainState:
         accelerator.load_state(str(path))
         if ema is not None:
             ema.module.load_state_dict(load_file(str(path / EMA_FILE)))
+    except pickle.UnpicklingError as e:  # accelerate loads with torch.load(weights_only=True): no code runs
+        raise UserError(f"train.resume: {path} holds objects that are not plain tensors; refusing to unpickle "
+                        f"them ({str(e).strip().splitlines()[0][:160]})") from None
     except (RuntimeError, KeyError, ValueError, FileNotFoundError) as e:
         raise UserError(f"train.resume: {path} does not match this recipe's model/optimizer "
                         f"({str(e).strip().splitlines()[0][:200]})") from None

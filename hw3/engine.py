@@ -419,8 +419,10 @@ def optimizer_step(r: Run, sums: EpochSums) -> None:
     r.state.bad_in_row += 1
     if r.state.bad_in_row >= t.max_bad_steps:
         last = list_checkpoints(r.run_dir)
+        scaler = r.accelerator.scaler
+        scale = f" (fp16 loss scale collapsed to {scaler.get_scale():g}; try bf16)" if scaler is not None else ""
         raise NonFinite(f"{r.state.bad_in_row} consecutive non-finite steps (loss or gradient) at epoch "
-                        f"{r.state.epoch}, step {r.state.step}; last good checkpoint: {last[-1] if last else 'none'}")
+                        f"{r.state.epoch}, step {r.state.step}{scale}; last good checkpoint: {last[-1] if last else 'none'}")
 
 
 def interrupted(r: Run) -> bool:
@@ -530,6 +532,9 @@ def finish_epoch(r: Run, epoch: int, train: dict) -> bool:
     r.state.epoch, r.state.batch, r.state.partial = epoch + 1, 0, {}
     r.state.early_stop, r.state.schedule = r.early_stop.state_dict(), r.schedule.state_dict()
     r.tracker.epoch(row, extra, improved)
+    if row["loss_scale"] is not None and row["loss_scale"] < 1.0:
+        r.accelerator.print(f"warning: the fp16 loss scale fell to {row['loss_scale']:g}: gradients overflow even "
+                            f"unscaled; bf16 (or a lower lr) avoids this")
     return stop
 
 
@@ -552,6 +557,15 @@ def test_best(r: Run) -> dict:
     return dict(test_acc=result["acc"], test_loss=result["loss"], test_images=result["count"])
 
 
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 def summary(r: Run, test: dict) -> dict:
     s, cfg = r.state, r.cfg
     return dict(
@@ -561,6 +575,6 @@ def summary(r: Run, test: dict) -> dict:
         stopped_epoch=len(s.history) - 1 if s.stopped else None, **test, wall_time_s=s.wall_time_s,
         optimizer_steps=s.step, skipped_steps=s.skipped_steps, processes=r.accelerator.num_processes,
         device=device_name(r.accelerator), mixed_precision=r.accelerator.mixed_precision,
-        model=cfg.model.name, dataset=cfg.data.name, pretrained=bool(cfg.model.pretrained or cfg.model.pretrained_file),
+        peak_memory_gib=peak_memory_gib(r.accelerator.device), model=cfg.model.name, dataset=cfg.data.name, pretrained=bool(cfg.model.pretrained or cfg.model.pretrained_file),
         image_size=r.card["image_size"], optimizer=cfg.optim.name if cfg.optim.name != "sam" else f"sam({cfg.optim.base})",
     )
