@@ -184,11 +184,15 @@ def describe(r: Run, src, spec) -> None:
 
 
 def use_channels_last(cfg: Config, accelerator: Accelerator) -> bool:
-    """NHWC pays off for plain ResNets on GPUs (tensor cores) and hurts ResNeSt's split attention there."""
+    """NHWC for the resnet families. Measured here (BENCHMARKS.md): on a CPU it speeds up ResNet-18 and
+    ResNeSt-26d by 6-19%; on GPUs timm's published benchmarks show it faster for ResNets (tensor cores) but
+    slower for ResNeSt's split attention, so ResNeSt stays NCHW on CUDA."""
     if cfg.train.channels_last is not None:
         return cfg.train.channels_last
     name = cfg.model.name
-    return accelerator.device.type == "cuda" and name.startswith("resnet") and not name.startswith("resnest")
+    if name.startswith("resnest"):
+        return accelerator.device.type != "cuda"
+    return name.startswith("resnet")
 
 
 def make_ema(cfg: TrainConfig, net: nn.Module, device: torch.device):
@@ -293,23 +297,24 @@ def fit(r: Run) -> None:
 
 
 class EpochSums:
-    """Device-side running sums of one epoch (restorable from a mid-epoch checkpoint)."""
+    """Running sums of one epoch: loss and correct counts stay on the device (no per-step host read); plain
+    numbers are host-side. Restorable from a mid-epoch checkpoint."""
 
     def __init__(self, device: torch.device, saved: dict):
-        self.loss, self.correct, self.count, self.grad_norm = (
-            torch.tensor(float(saved.get(k, 0.0)), dtype=torch.float64, device=device)
-            for k in ("loss", "correct", "count", "grad_norm"))
-        self.steps, self.skipped, self.seconds = saved.get("steps", 0), saved.get("skipped", 0), saved.get("seconds", 0.0)
+        self.loss, self.correct, self.grad_norm = (
+            torch.tensor(float(saved.get(k, 0.0)), dtype=torch.float64, device=device) for k in ("loss", "correct", "grad_norm"))
+        self.count, self.steps, self.skipped = saved.get("count", 0), saved.get("steps", 0), saved.get("skipped", 0)
+        self.seconds = saved.get("seconds", 0.0)
         self.lr_factor = saved.get("lr_factor", 1.0)  # the schedule's factor at the latest step, for the log
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         n = y.shape[0]
-        self.loss += torch.where(torch.isfinite(loss), loss.double() * n, 0.0)
-        self.correct += (logits.argmax(dim=1) == y).sum()
+        self.loss.add_(loss.nan_to_num(0.0, 0.0, 0.0), alpha=n)  # a skipped non-finite step adds nothing
+        self.correct.add_((logits.argmax(dim=1) == y).sum())
         self.count += n
 
     def to_dict(self, seconds: float) -> dict:
-        return dict(loss=self.loss.item(), correct=self.correct.item(), count=self.count.item(),
+        return dict(loss=self.loss.item(), correct=self.correct.item(), count=self.count,
                     grad_norm=self.grad_norm.item(), steps=self.steps, skipped=self.skipped, seconds=seconds,
                     lr_factor=self.lr_factor)
 
@@ -383,7 +388,7 @@ def forward_backward(r: Run, x: torch.Tensor, y: torch.Tensor, weight: float, sy
 def loss_and_backward(r: Run, x: torch.Tensor, targets: torch.Tensor, weight):
     logits = r.model(x)
     loss = r.loss_fn(logits, targets)
-    r.accelerator.backward(loss * weight)
+    r.accelerator.backward(loss if isinstance(weight, float) and weight == 1.0 else loss * weight)
     return loss.detach(), logits.detach()
 
 
@@ -399,7 +404,11 @@ def mix(r: Run, x: torch.Tensor, y: torch.Tensor):
 def optimizer_step(r: Run, sums: EpochSums) -> None:
     """Clip (unscaling fp16 gradients once), step unless the gradient is non-finite, update the EMA."""
     t = r.cfg.train
-    norm = r.accelerator.clip_grad_norm_(r.net.parameters(), t.max_grad_norm or math.inf)
+    if t.max_grad_norm:
+        norm = r.accelerator.clip_grad_norm_(r.net.parameters(), t.max_grad_norm)
+    else:  # the norm alone (logged, and the finiteness check), without clipping's extra pass over the gradients
+        r.accelerator.unscale_gradients()
+        norm = total_norm([p.grad for p in r.net.parameters() if p.grad is not None])
     finite = bool(torch.isfinite(norm))  # the one host read per step
     if finite or r.accelerator.scaler is not None:
         r.optimizer.step()  # with fp16, GradScaler skips a non-finite step itself and lowers the loss scale
@@ -407,7 +416,7 @@ def optimizer_step(r: Run, sums: EpochSums) -> None:
     r.state.step += 1
     sums.steps += 1
     if finite:
-        sums.grad_norm += norm.double()
+        sums.grad_norm.add_(norm)
         r.state.bad_in_row = 0
         if r.ema is not None:
             r.ema.update(r.net, step=r.state.step)
@@ -423,6 +432,11 @@ def optimizer_step(r: Run, sums: EpochSums) -> None:
         scale = f" (fp16 loss scale collapsed to {scaler.get_scale():g}; try bf16)" if scaler is not None else ""
         raise NonFinite(f"{r.state.bad_in_row} consecutive non-finite steps (loss or gradient) at epoch "
                         f"{r.state.epoch}, step {r.state.step}{scale}; last good checkpoint: {last[-1] if last else 'none'}")
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of a list of tensors, in one fused kernel per dtype/device (as clip_grad_norm_ does)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 def interrupted(r: Run) -> bool:
@@ -446,7 +460,8 @@ def progress_bar(r: Run, steps: int, epoch: int):
 
 
 def epoch_train_metrics(r: Run, sums: EpochSums, seconds: float, batch_size: int) -> dict:
-    totals = r.accelerator.reduce(torch.stack([sums.loss, sums.correct, sums.count]), "sum").tolist()
+    count = torch.tensor(float(sums.count), dtype=torch.float64, device=sums.loss.device)
+    totals = r.accelerator.reduce(torch.stack([sums.loss, sums.correct, count]), "sum").tolist()
     loss, correct, count = totals
     scaler = r.accelerator.scaler
     return dict(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1),

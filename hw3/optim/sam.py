@@ -44,7 +44,7 @@ class SAM:
         """w <- w + e(w) in place; returns 1.0, or NaN when the gradient norm was not finite (no perturbation)."""
         grads = [p.grad for p in params]
         scaled = torch._foreach_mul(grads, torch._foreach_abs(params)) if self.adaptive else grads
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))  # ||g||, or || |w| g || for ASAM
         finite = torch.isfinite(norm)
         factor = torch.where(finite, self.rho / (norm + self.eps), torch.zeros_like(norm))
         step = torch._foreach_mul(scaled, torch._foreach_abs(params)) if self.adaptive else grads
