@@ -1,4 +1,5 @@
 """Shared by the benchmarks: an hw3 Run built by the real engine on synthetic data, and a timer."""
+
 from __future__ import annotations
 
 import tempfile
@@ -14,8 +15,9 @@ from hw3.engine import build_run, make_accelerator, train_one_epoch
 def hw3_run(overrides: list[str], run_dir: Path | None = None):
     """A Run exactly as `train.py` builds it (synthetic data, no trackers), in a throwaway run dir."""
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="hw3-bench-"))
-    cfg = load_config(None, ["data.name=synthetic", "log.trackers=[]", "sched.name=none", f"output_dir={run_dir}",
-                             *overrides])
+    cfg = load_config(
+        None, ["data.name=synthetic", "log.trackers=[]", "sched.name=none", f"output_dir={run_dir}", *overrides]
+    )
     accelerator = make_accelerator(cfg, run_dir)
     torch.manual_seed(cfg.seed)
     return build_run(cfg, accelerator, run_dir, None, False)

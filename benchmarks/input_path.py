@@ -9,6 +9,7 @@ Both produce normalized float batches of augmented images (random crop with 4 px
 With --resize N both also resize to N px (hw3 on the device after the crop, torchvision in PIL).
 Prints images/s of each and the ratio (goal >= 10x).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,14 @@ def torchvision_loader(images, labels, batch, workers, resize):
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
     steps += [T.Resize(resize)] if resize else []
     steps += [T.ToTensor(), T.Normalize(MEAN, STD)]
-    return DataLoader(PILImages(images, labels, T.Compose(steps)), batch_size=batch, shuffle=True,
-                      num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        PILImages(images, labels, T.Compose(steps)),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def time_epoch(batches, device) -> float:
@@ -75,14 +82,23 @@ def main() -> None:
     split = Split(torch.from_numpy(labels), torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
     src = Source(split, split, None, [str(i) for i in range(10)], 3, augment="crop_flip", crop_padding=4)
     size = args.resize or 32
-    ours = Data(DataConfig(name="synthetic", loader="device"), src, InputSpec(size, 3, list(MEAN), list(STD)),
-                device, world=1, rank=0, seed=0)
+    ours = Data(
+        DataConfig(name="synthetic", loader="device"),
+        src,
+        InputSpec(size, 3, list(MEAN), list(STD)),
+        device,
+        world=1,
+        rank=0,
+        seed=0,
+    )
     theirs = torchvision_loader(images, labels, args.batch_size, args.workers, args.resize)
     time_epoch(ours.train_batches(0, args.batch_size), device), time_epoch(theirs, device)  # warm-up
     t_ours = median([time_epoch(ours.train_batches(e + 1, args.batch_size), device) for e in range(args.rounds)])
     t_theirs = median([time_epoch(theirs, device) for _ in range(args.rounds)])
-    print(f"device {device}, {args.images} CIFAR-shaped images, batch {args.batch_size}, crop+flip"
-          f"{f' + resize to {args.resize}' if args.resize else ''} + normalize, {args.rounds} epochs each (median)")
+    print(
+        f"device {device}, {args.images} CIFAR-shaped images, batch {args.batch_size}, crop+flip"
+        f"{f' + resize to {args.resize}' if args.resize else ''} + normalize, {args.rounds} epochs each (median)"
+    )
     print(f"hw3 device-resident:            {args.images / t_ours:,.0f} img/s")
     print(f"torchvision PIL, {args.workers} workers:      {args.images / t_theirs:,.0f} img/s")
     print(f"ratio:                          {t_theirs / t_ours:.1f}x")

@@ -7,6 +7,7 @@ synthetic CIFAR-shaped data held on the device; used by gpu.sh.
 The images are 32x32 uint8; with --image-size 224 they are resized on the device, as the pretrained CIFAR-100
 recipe does. --gflop is the training cost of one image (forward + backward) for the share of the GPU's peak.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,12 +41,25 @@ def main() -> None:
     p.add_argument("--gflop", type=float, default=None)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="further recipe overrides")
     args = p.parse_args()
     n = args.steps * args.batch_size
-    r = hw3_run([f"model.name={args.model}", f"data.image_size={args.image_size}", f"data.max_train_samples={n}",
-                 f"train.batch_size={args.batch_size}", "optim.name=sgd", "optim.lr=0.01", "train.epochs=1000",
-                 f"train.mixed_precision={args.precision}", f"train.channels_last={str(args.channels_last).lower()}",
-                 f"train.compile={str(args.compile).lower()}", f"model.small_input={str(args.image_size <= 64).lower()}"])
+    r = hw3_run(
+        [
+            f"model.name={args.model}",
+            f"data.image_size={args.image_size}",
+            f"data.max_train_samples={n}",
+            f"train.batch_size={args.batch_size}",
+            "optim.name=sgd",
+            "optim.lr=0.01",
+            "train.epochs=1000",
+            f"train.mixed_precision={args.precision}",
+            f"train.channels_last={str(args.channels_last).lower()}",
+            f"train.compile={str(args.compile).lower()}",
+            f"model.small_input={str(args.image_size <= 64).lower()}",
+            *args.set,
+        ]
+    )
     if args.image_size != 32:  # CIFAR-sized images, resized on the device like the pretrained recipe
         src = synthetic(DataConfig(name="synthetic", image_size=32, max_train_samples=n, max_eval_samples=64))
         spec = InputSpec(args.image_size, 3, [0.5] * 3, [0.25] * 3)
@@ -55,8 +69,10 @@ def main() -> None:
     time_hw3_epoch(r, 0)  # warm-up (and compilation)
     seconds = median([time_hw3_epoch(r, e + 1) for e in range(args.rounds)])
     ips = n / seconds
-    line = (f"{args.model} {args.image_size}px bf16={args.precision == 'bf16'} channels_last={args.channels_last} "
-            f"compile={args.compile} batch {args.batch_size}: {ips:,.0f} img/s")
+    line = (
+        f"{args.model} {args.image_size}px bf16={args.precision == 'bf16'} channels_last={args.channels_last} "
+        f"compile={args.compile} batch {args.batch_size} {' '.join(args.set)}: {ips:,.0f} img/s"
+    )
     peak = peak_tflops()
     if args.gflop and peak:
         line += f", {ips * args.gflop / 1e3:,.0f} TFLOP/s = {ips * args.gflop / 1e3 / peak:.1%} of {peak:g} bf16 peak"

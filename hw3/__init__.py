@@ -1,4 +1,5 @@
 """hw3: image classification from YAML recipes on HuggingFace Accelerate, timm, torchvision and datasets."""
+
 __version__ = "0.1.0"
 
 

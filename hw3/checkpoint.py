@@ -7,6 +7,7 @@ part and `trainer_state.json` is there: a crash mid-save leaves a `.tmp-` folder
 cleaned up, never a checkpoint that looks complete. The best weights live in `best/`, outside the rolling
 `keep_last`, as safetensors beside a `model.json` that rebuilds the network (hw3.load_model).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,8 +69,6 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "command.txt").is_file()
 
 
-
-
 def decide_start(cfg: TrainConfig, run_dir: Path) -> tuple[Optional[Path], bool]:
     """(checkpoint to resume from, whether to wipe the run dir first). Raises UserError; touches nothing."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -86,16 +85,20 @@ def decide_start(cfg: TrainConfig, run_dir: Path) -> tuple[Optional[Path], bool]
             raise UserError(f"train.overwrite: refusing to delete {run_dir}: it is not an hw3 run dir")
         return None, True
     if cfg.resume == "never" and occupied:
-        raise UserError(f"output_dir: {run_dir} already holds a run and train.resume=never; "
-                        f"set train.overwrite=true to replace it, or choose another output_dir")
+        raise UserError(
+            f"output_dir: {run_dir} already holds a run and train.resume=never; "
+            f"set train.overwrite=true to replace it, or choose another output_dir"
+        )
     checkpoints = list_checkpoints(run_dir)
     if checkpoints:
         return checkpoints[-1], False
     # A run that died before its first complete checkpoint has nothing to resume: start it over. A finished run
     # (summary.json) whose checkpoints are gone, or a folder that is not a run, is someone's result: refuse.
     if occupied and (not is_run_dir(run_dir) or (run_dir / "summary.json").exists()):
-        raise UserError(f"output_dir: {run_dir} is not empty and holds no hw3 checkpoint to resume; "
-                        f"choose another output_dir (or train.overwrite=true for an old hw3 run)")
+        raise UserError(
+            f"output_dir: {run_dir} is not empty and holds no hw3 checkpoint to resume; "
+            f"choose another output_dir (or train.overwrite=true for an old hw3 run)"
+        )
     return None, occupied
 
 
@@ -155,7 +158,9 @@ def save_checkpoint(accelerator, run_dir: Path, state: TrainState, ema, keep_las
             os.replace(tmp, final)
             prune(run_dir, keep_last)
     except OSError as e:
-        raise UserError(f"checkpoint: saving {final} failed ({e.strerror or e}); the previous checkpoint is kept") from None
+        raise UserError(
+            f"checkpoint: saving {final} failed ({e.strerror or e}); the previous checkpoint is kept"
+        ) from None
     accelerator.wait_for_everyone()
     return final
 
@@ -177,8 +182,10 @@ def prune(run_dir: Path, keep_last: int) -> None:
 def load_checkpoint(accelerator, path: Path, ema) -> TrainState:
     state = TrainState(**json.loads((path / STATE_FILE).read_text()))
     if state.world_size != accelerator.num_processes:
-        raise UserError(f"train.resume: {path} was written by {state.world_size} process(es); resume it with "
-                        f"the same number (this run has {accelerator.num_processes})")
+        raise UserError(
+            f"train.resume: {path} was written by {state.world_size} process(es); resume it with "
+            f"the same number (this run has {accelerator.num_processes})"
+        )
     rng = path / f"random_states_{accelerator.process_index}.pkl"
     if not rng.is_file():  # accelerate would silently continue without restoring the RNG
         raise UserError(f"train.resume: {path} lacks {rng.name}; it is incomplete")
@@ -187,11 +194,15 @@ def load_checkpoint(accelerator, path: Path, ema) -> TrainState:
         if ema is not None:
             ema.module.load_state_dict(load_file(str(path / EMA_FILE)))
     except pickle.UnpicklingError as e:  # accelerate loads with torch.load(weights_only=True): no code runs
-        raise UserError(f"train.resume: {path} holds objects that are not plain tensors; refusing to unpickle "
-                        f"them ({str(e).strip().splitlines()[0][:160]})") from None
+        raise UserError(
+            f"train.resume: {path} holds objects that are not plain tensors; refusing to unpickle "
+            f"them ({str(e).strip().splitlines()[0][:160]})"
+        ) from None
     except (RuntimeError, KeyError, ValueError, FileNotFoundError) as e:
-        raise UserError(f"train.resume: {path} does not match this recipe's model/optimizer "
-                        f"({str(e).strip().splitlines()[0][:200]})") from None
+        raise UserError(
+            f"train.resume: {path} does not match this recipe's model/optimizer "
+            f"({str(e).strip().splitlines()[0][:200]})"
+        ) from None
     return state
 
 
@@ -200,8 +211,11 @@ def save_best(run_dir: Path, weights: dict[str, torch.Tensor], card: dict, meta:
     best = run_dir / "best"
     best.mkdir(exist_ok=True)
     tmp = best / ".model.safetensors.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp),
-              metadata={"format": "pt", "epoch": str(meta["epoch"])})
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in weights.items()},
+        str(tmp),
+        metadata={"format": "pt", "epoch": str(meta["epoch"])},
+    )
     os.replace(tmp, best / "model.safetensors")
     write_atomic(best / "model.json", json.dumps(card, indent=1).encode())
     write_atomic(best / "meta.json", json.dumps(meta, indent=1).encode())

@@ -1,4 +1,5 @@
 """`python train.py --recipe PATH [key=value ...]`: parse, load the recipe, run; user mistakes exit 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = Parser(prog="train.py", description="Train an image classifier from a YAML recipe.",
-               epilog="Overrides use dotted keys: optim.lr=0.05 train.epochs=3 'log.trackers=[tensorboard]'")
+    p = Parser(
+        prog="train.py",
+        description="Train an image classifier from a YAML recipe.",
+        epilog="Overrides use dotted keys: optim.lr=0.05 train.epochs=3 'log.trackers=[tensorboard]'",
+    )
     p.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a recipe value")

@@ -5,6 +5,7 @@ the nearest valid key suggested, and every value is coerced to its field's decla
 float 0.001 and `no` stays the string "no". Components receive their own section (`cfg.optim`), never the
 whole tree.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -169,12 +170,16 @@ RecipeLoader.add_implicit_resolver(
 )
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 RecipeLoader.add_constructor(
     "tag:yaml.org,2002:int",
-    lambda loader, node: int(text, 0) if (text := loader.construct_scalar(node)).startswith(("0o", "0x")) else int(text),
+    lambda loader, node: (
+        int(text, 0) if (text := loader.construct_scalar(node)).startswith(("0o", "0x")) else int(text)
+    ),
 )
 
 
@@ -211,7 +216,9 @@ def read_recipe(path: str) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a recipe must be a mapping of sections (data:, model:, ...), not a {type(raw).__name__}")
+        raise UserError(
+            f"{path}: a recipe must be a mapping of sections (data:, model:, ...), not a {type(raw).__name__}"
+        )
     return raw
 
 
@@ -309,7 +316,11 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
         if key not in names:
             full = f"{prefix}{key}"
             elsewhere = [k for k in all_keys() if k.rsplit(".", 1)[-1] == key]  # right name, wrong section
-            hint = f" (did you mean '{elsewhere[0]}'?)" if elsewhere else did_you_mean(full, all_keys()) or did_you_mean(key, names)
+            hint = (
+                f" (did you mean '{elsewhere[0]}'?)"
+                if elsewhere
+                else did_you_mean(full, all_keys()) or did_you_mean(key, names)
+            )
             raise UserError(f"unknown key '{full}'{hint}")
     kwargs = {}
     for name in names & set(raw):
@@ -342,9 +353,19 @@ def smoke_variant(cfg: Config) -> Config:
     batch = SMOKE_BATCH * max(1, int(os.environ.get("WORLD_SIZE", "1")))
     return dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, max_train_samples=SMOKE_STEPS * batch, max_eval_samples=2 * batch, download=False),
-        train=dataclasses.replace(cfg.train, epochs=1, batch_size=batch, batch_size_schedule=None, grad_accum_steps=1,
-                                  max_steps=SMOKE_STEPS, compile=False, eval_batch_size=batch),
+        data=dataclasses.replace(
+            cfg.data, max_train_samples=SMOKE_STEPS * batch, max_eval_samples=2 * batch, download=False
+        ),
+        train=dataclasses.replace(
+            cfg.train,
+            epochs=1,
+            batch_size=batch,
+            batch_size_schedule=None,
+            grad_accum_steps=1,
+            max_steps=SMOKE_STEPS,
+            compile=False,
+            eval_batch_size=batch,
+        ),
         log=dataclasses.replace(cfg.log, trackers=[]),
     )
 
@@ -374,7 +395,10 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _choice(key: str, value: Any, choices: tuple) -> None:
-    _check(value in choices, f"{key}: '{value}' is not one of {', '.join(map(str, choices))}{did_you_mean(value, map(str, choices))}")
+    _check(
+        value in choices,
+        f"{key}: '{value}' is not one of {', '.join(map(str, choices))}{did_you_mean(value, map(str, choices))}",
+    )
 
 
 def validate(cfg: Config) -> None:
@@ -403,8 +427,10 @@ def validate(cfg: Config) -> None:
     _check(o.rho > 0, f"optim.rho: must be > 0, got {o.rho}")
     _check(o.fallback_lr is None or o.fallback_lr >= 0, f"optim.fallback_lr: must be >= 0, got {o.fallback_lr}")
     _check(o.base != "sam", "optim.base: sam cannot wrap itself")
-    _check(o.name != "sam" or t.grad_accum_steps == 1,
-           "train.grad_accum_steps: SAM needs the full-batch gradient for its perturbation; use 1 with optim.name=sam")
+    _check(
+        o.name != "sam" or t.grad_accum_steps == 1,
+        "train.grad_accum_steps: SAM needs the full-batch gradient for its perturbation; use 1 with optim.name=sam",
+    )
     _check(s.min_lr >= 0, f"sched.min_lr: must be >= 0, got {s.min_lr}")
     _check(s.warmup_epochs >= 0, f"sched.warmup_epochs: must be >= 0, got {s.warmup_epochs}")
     _check(s.step_size >= 1, f"sched.step_size: must be >= 1, got {s.step_size}")
@@ -415,7 +441,9 @@ def validate(cfg: Config) -> None:
     _check(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     for epoch, size in (t.batch_size_schedule or {}).items():
-        _check(epoch >= 0 and size >= 1, f"train.batch_size_schedule: {{{epoch}: {size}}} needs epoch >= 0 and size >= 1")
+        _check(
+            epoch >= 0 and size >= 1, f"train.batch_size_schedule: {{{epoch}: {size}}} needs epoch >= 0 and size >= 1"
+        )
     _choice("train.lr_scaling", t.lr_scaling, ("none", "linear", "sqrt"))
     _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps: must be >= 1, got {t.grad_accum_steps}")
     _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps: must be >= 1, got {t.max_steps}")
@@ -425,7 +453,10 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.label_smoothing < 1, f"train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
     _check(t.mixup >= 0 and t.cutmix >= 0, "train.mixup / train.cutmix: alphas must be >= 0")
     _check(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay: must be in (0, 1), got {t.ema_decay}")
-    _check(t.eval_batch_size is None or t.eval_batch_size >= 1, f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}")
+    _check(
+        t.eval_batch_size is None or t.eval_batch_size >= 1,
+        f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}",
+    )
     _check(bool(t.resume.strip()), "train.resume: auto, never, or a checkpoint folder")
     _check(t.keep_last >= 1, f"train.keep_last: must be >= 1, got {t.keep_last}")
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {t.max_bad_steps}")

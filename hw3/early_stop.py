@@ -1,4 +1,5 @@
 """Early stopping on a validation metric (Lightning's semantics), with state that survives a resume."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -5,6 +5,7 @@ The hot loop keeps everything on the device: losses, correct counts and gradient
 tensors and reduced across processes once per epoch. The one host read per optimizer step is the finiteness of
 the gradient norm, which decides whether the step happens (GradScaler makes the same read in fp16).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,6 @@ import secrets
 import signal
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,7 +27,15 @@ from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_se
 from safetensors.torch import load_file
 from torch import nn
 
-from hw3.checkpoint import TrainState, decide_start, list_checkpoints, load_checkpoint, prepare_run_dir, save_best, save_checkpoint
+from hw3.checkpoint import (
+    TrainState,
+    decide_start,
+    list_checkpoints,
+    load_checkpoint,
+    prepare_run_dir,
+    save_best,
+    save_checkpoint,
+)
 from hw3.config import Config, TrainConfig
 from hw3.data import Data, resolve_input
 from hw3.data.sources import load_source, smoke_source
@@ -86,7 +94,7 @@ def run(cfg: Config, recipe: Optional[str]) -> int:
         with signals_to(r):
             return train_and_test(r)
     except Interrupted as e:
-        return 128 + int(str(e))
+        return 128 + e.args[0]
     finally:
         accelerator.end_training()
         # accelerate keeps its state in process-wide singletons; clear them so one process can run another
@@ -108,11 +116,16 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
     accelerator = Accelerator(**kwargs)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
-        raise UserError(f"launched as {launched} processes but accelerate sees one: each would train alone. "
-                        f"On CPU use `accelerate launch --config_file accelerate_configs/cpu_ddp.yaml`")
-    if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
-        warnings.warn("train.mixed_precision=fp16 has no effect without CUDA (accelerate runs fp32 on the CPU); "
-                      "bf16 works on CPUs", stacklevel=1)
+        raise UserError(
+            f"launched as {launched} processes but accelerate sees one: each would train alone. "
+            f"On CPU use `accelerate launch --config_file accelerate_configs/cpu_ddp.yaml`"
+        )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda" and accelerator.is_main_process:
+        print(
+            "warning: train.mixed_precision=fp16 has no effect without CUDA (accelerate runs fp32 on the CPU); "
+            "bf16 works on CPUs",
+            file=sys.stderr,
+        )
     return accelerator
 
 
@@ -145,19 +158,39 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path, resume_from:
     channels_last = use_channels_last(cfg, accelerator)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    data = Data(cfg.data, src, spec, accelerator.device, accelerator.num_processes, accelerator.process_index,
-                cfg.seed, channels_last)
+    data = Data(
+        cfg.data,
+        src,
+        spec,
+        accelerator.device,
+        accelerator.num_processes,
+        accelerator.process_index,
+        cfg.seed,
+        channels_last,
+    )
     optimizer = OPTIMIZERS.get(cfg.optim.name, "optim.name")(cfg.optim, net)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]  # the schedule scales this each step
     ema = make_ema(cfg.train, net, accelerator.device)
     model, optimizer = accelerator.prepare(net, optimizer)
-    r = Run(cfg, accelerator, run_dir, data, model, accelerator.unwrap_model(model), optimizer,
-            build_schedule(cfg.sched, cfg.optim.lr, epoch_starts(cfg.train, data)),
-            TrainState(world_size=accelerator.num_processes), Tracker(accelerator, run_dir, cfg.log),
-            model_card(cfg.model, net, spec, src.classes),
-            EarlyStopping(cfg.early_stop), make_loss(cfg.train), SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
-            ema, make_mixup(cfg.train, len(src.classes)))
+    r = Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        run_dir=run_dir,
+        data=data,
+        model=model,
+        net=accelerator.unwrap_model(model),
+        optimizer=optimizer,
+        schedule=build_schedule(cfg.sched, cfg.optim.lr, epoch_starts(cfg.train, data)),
+        state=TrainState(world_size=accelerator.num_processes),
+        tracker=Tracker(accelerator, run_dir, cfg.log),
+        card=model_card(cfg.model, net, spec, src.classes),
+        early_stop=EarlyStopping(cfg.early_stop),
+        loss_fn=make_loss(cfg.train),
+        sam=SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
+        ema=ema,
+        mixup=make_mixup(cfg.train, len(src.classes)),
+    )
     if accelerator.is_main_process:
         prepare_run_dir(run_dir, wipe)
     accelerator.wait_for_everyone()
@@ -165,6 +198,8 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path, resume_from:
         r.state = load_checkpoint(accelerator, resume_from, ema)
         r.early_stop.load_state_dict(r.state.early_stop)
         r.schedule.load_state_dict(r.state.schedule)
+        if r.state.stopped == "max_steps":  # a limit of that command, not of the run
+            r.state.stopped = None
         accelerator.print(f"resuming from {resume_from} (epoch {r.state.epoch}, batch {r.state.batch})")
     r.state.wandb_id = r.state.wandb_id or new_wandb_id(cfg)
     r.tracker.start(cfg, r.state.history, r.state.wandb_id, resume_from)
@@ -175,12 +210,16 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path, resume_from:
 def describe(r: Run, src, spec) -> None:
     acc = r.accelerator
     params = sum(p.numel() for p in r.net.parameters())
-    acc.print(f"data: {r.cfg.data.name}, {len(src.train)} train / {len(src.val)} val / "
-              f"{len(src.test) if src.test else 0} test images, {len(src.classes)} classes, "
-              f"{spec.size}px x{spec.channels}, {'device-resident' if r.data.on_device else 'DataLoader'} input")
-    acc.print(f"model: {r.cfg.model.name}, {params / 1e6:.2f}M parameters, small-input stem "
-              f"{'on' if r.card['small_input'] else 'off'}; {acc.num_processes} process(es) on "
-              f"{device_name(acc)}, mixed precision {acc.mixed_precision}; run dir {r.run_dir}")
+    acc.print(
+        f"data: {r.cfg.data.name}, {len(src.train)} train / {len(src.val)} val / "
+        f"{len(src.test) if src.test else 0} test images, {len(src.classes)} classes, "
+        f"{spec.size}px x{spec.channels}, {'device-resident' if r.data.on_device else 'DataLoader'} input"
+    )
+    acc.print(
+        f"model: {r.cfg.model.name}, {params / 1e6:.2f}M parameters, small-input stem "
+        f"{'on' if r.card['small_input'] else 'off'}; {acc.num_processes} process(es) on "
+        f"{device_name(acc)}, mixed precision {acc.mixed_precision}; run dir {r.run_dir}"
+    )
 
 
 def use_channels_last(cfg: Config, accelerator: Accelerator) -> bool:
@@ -216,8 +255,9 @@ def make_mixup(cfg: TrainConfig, num_classes: int):
         return None
     from timm.data import Mixup
 
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                 num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=num_classes
+    )
 
 
 def new_wandb_id(cfg: Config) -> Optional[str]:
@@ -246,6 +286,7 @@ def epoch_starts(cfg: TrainConfig, data: Data) -> list[int]:
 @contextlib.contextmanager
 def signals_to(r: Run):
     """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary and exits."""
+
     def handler(signum, frame):
         r.signal = signum
 
@@ -276,8 +317,10 @@ def train_and_test(r: Run) -> int:
     test = test_best(r)
     r.tracker.summary({**summary(r, test), **extra})
     if test:
-        r.accelerator.print(f"test: acc {test['test_acc']:.2%}, loss {test['test_loss']:.4f} "
-                            f"(best weights, epoch {r.state.best['epoch']}, {r.state.best['source']})")
+        r.accelerator.print(
+            f"test: acc {test['test_acc']:.2%}, loss {test['test_loss']:.4f} "
+            f"(best weights, epoch {r.state.best['epoch']}, {r.state.best['source']})"
+        )
     return code
 
 
@@ -285,6 +328,9 @@ def fit(r: Run) -> None:
     started = time.perf_counter()
     t = r.cfg.train
     while r.state.epoch < t.epochs and r.state.stopped is None:
+        if t.max_steps is not None and r.state.step >= t.max_steps:
+            r.state.stopped = "max_steps"
+            break
         epoch, batch_size = r.state.epoch, batch_size_for(t, r.state.epoch)
         train = train_one_epoch(r, epoch, batch_size)
         if finish_epoch(r, epoch, train):
@@ -302,7 +348,9 @@ class EpochSums:
 
     def __init__(self, device: torch.device, saved: dict):
         self.loss, self.correct, self.grad_norm = (
-            torch.tensor(float(saved.get(k, 0.0)), dtype=torch.float64, device=device) for k in ("loss", "correct", "grad_norm"))
+            torch.tensor(float(saved.get(k, 0.0)), dtype=torch.float64, device=device)
+            for k in ("loss", "correct", "grad_norm")
+        )
         self.count, self.steps, self.skipped = saved.get("count", 0), saved.get("steps", 0), saved.get("skipped", 0)
         self.seconds = saved.get("seconds", 0.0)
         self.lr_factor = saved.get("lr_factor", 1.0)  # the schedule's factor at the latest step, for the log
@@ -314,9 +362,16 @@ class EpochSums:
         self.count += n
 
     def to_dict(self, seconds: float) -> dict:
-        return dict(loss=self.loss.item(), correct=self.correct.item(), count=self.count,
-                    grad_norm=self.grad_norm.item(), steps=self.steps, skipped=self.skipped, seconds=seconds,
-                    lr_factor=self.lr_factor)
+        return dict(
+            loss=self.loss.item(),
+            correct=self.correct.item(),
+            count=self.count,
+            grad_norm=self.grad_norm.item(),
+            steps=self.steps,
+            skipped=self.skipped,
+            seconds=seconds,
+            lr_factor=self.lr_factor,
+        )
 
 
 def train_one_epoch(r: Run, epoch: int, batch_size: int) -> dict:
@@ -336,19 +391,21 @@ def train_one_epoch(r: Run, epoch: int, batch_size: int) -> dict:
         loss, logits = forward_backward(r, x, y, weights[i], sync=last)
         sums.add(loss, logits, y)
         r.state.batch = i + 1
+        if bar is not None:
+            bar.update()
         if not last:
             continue
         optimizer_step(r, sums)
         crash_point("train_step")
-        if bar is not None:
-            bar.update(t.grad_accum_steps if (i + 1) % t.grad_accum_steps == 0 else (i + 1) % t.grad_accum_steps)
-            if r.state.step % r.cfg.log.log_every == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+        if bar is not None and r.state.step % r.cfg.log.log_every == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")  # a host read, only with a terminal watching
         if interrupted(r):
             r.state.partial = sums.to_dict(sums.seconds + time.perf_counter() - started)
             save_checkpoint(acc, r.run_dir, r.state, r.ema, t.keep_last)
-            acc.print(f"stopped by signal {r.signal} at epoch {epoch} batch {r.state.batch}; checkpoint saved; "
-                      f"rerun the same command to continue")
+            acc.print(
+                f"stopped by signal {r.signal} at epoch {epoch} batch {r.state.batch}; checkpoint saved; "
+                f"rerun the same command to continue"
+            )
             raise Interrupted(r.signal)
         if t.max_steps is not None and r.state.step >= t.max_steps:
             break
@@ -430,8 +487,10 @@ def optimizer_step(r: Run, sums: EpochSums) -> None:
         last = list_checkpoints(r.run_dir)
         scaler = r.accelerator.scaler
         scale = f" (fp16 loss scale collapsed to {scaler.get_scale():g}; try bf16)" if scaler is not None else ""
-        raise NonFinite(f"{r.state.bad_in_row} consecutive non-finite steps (loss or gradient) at epoch "
-                        f"{r.state.epoch}, step {r.state.step}{scale}; last good checkpoint: {last[-1] if last else 'none'}")
+        raise NonFinite(
+            f"{r.state.bad_in_row} consecutive non-finite steps (loss or gradient) at epoch "
+            f"{r.state.epoch}, step {r.state.step}{scale}; last good checkpoint: {last[-1] if last else 'none'}"
+        )
 
 
 def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -464,10 +523,17 @@ def epoch_train_metrics(r: Run, sums: EpochSums, seconds: float, batch_size: int
     totals = r.accelerator.reduce(torch.stack([sums.loss, sums.correct, count]), "sum").tolist()
     loss, correct, count = totals
     scaler = r.accelerator.scaler
-    return dict(train_loss=loss / max(count, 1), train_acc=correct / max(count, 1),
-                lr=r.cfg.optim.lr * sums.lr_factor, batch_size=batch_size, epoch_time_s=seconds,
-                images_per_s=count / max(seconds, 1e-9), grad_norm=sums.grad_norm.item() / max(1, sums.steps - sums.skipped),
-                skipped_steps=sums.skipped, loss_scale=scaler.get_scale() if scaler is not None else None)
+    return dict(
+        train_loss=loss / max(count, 1),
+        train_acc=correct / max(count, 1),
+        lr=r.cfg.optim.lr * sums.lr_factor,
+        batch_size=batch_size,
+        epoch_time_s=seconds,
+        images_per_s=count / max(seconds, 1e-9),
+        grad_norm=sums.grad_norm.item() / max(1, sums.steps - sums.skipped),
+        skipped_steps=sums.skipped,
+        loss_scale=scaler.get_scale() if scaler is not None else None,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -480,12 +546,15 @@ def evaluate(accelerator: Accelerator, net: nn.Module, batches) -> dict:
     sync_buffers(accelerator, net)
     was_training = net.training
     net.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    loss_sum, correct = (torch.zeros((), dtype=torch.float64, device=accelerator.device) for _ in range(2))
+    count = 0
     for x, y in batches:
         logits = net(x).float()
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                             (logits.argmax(dim=1) == y).sum().double(), torch.tensor(float(len(y)), device=y.device, dtype=torch.float64)])
+        loss_sum.add_(F.cross_entropy(logits, y, reduction="sum"))
+        correct.add_((logits.argmax(dim=1) == y).sum())
+        count += len(y)
     net.train(was_training)
+    sums = torch.stack([loss_sum, correct, torch.tensor(float(count), dtype=torch.float64, device=accelerator.device)])
     loss, correct, count = accelerator.reduce(sums, "sum").tolist()
     return dict(loss=loss / max(count, 1), acc=correct / max(count, 1), count=int(count))
 
@@ -493,7 +562,9 @@ def evaluate(accelerator: Accelerator, net: nn.Module, batches) -> dict:
 def in_sync(accelerator: Accelerator, net: nn.Module) -> bool:
     """Do all processes hold bit-identical parameters? (DDP should guarantee it; a fingerprint per process.)"""
     params = [p.detach().double() for p in net.parameters()]
-    fingerprint = torch.stack([sum(p.sum() for p in params), sum((i + 1) * p.square().sum() for i, p in enumerate(params))])
+    fingerprint = torch.stack(
+        [sum(p.sum() for p in params), sum((i + 1) * p.square().sum() for i, p in enumerate(params))]
+    )
     everyone = accelerator.gather(fingerprint[None])
     same = bool((everyone == everyone[0]).all())
     if not same:
@@ -520,10 +591,8 @@ def rank(monitor: str, metrics: dict) -> tuple:
 def validate(r: Run) -> list[tuple[str, dict, nn.Module]]:
     """(source, metrics, module) for the model and, with EMA, its average."""
     size = eval_batch_size(r.cfg.train)
-    results = [("model", evaluate(r.accelerator, r.net, r.data.eval_batches("val", size)), r.net)]
-    if r.ema is not None:
-        results.append(("ema", evaluate(r.accelerator, r.ema.module, r.data.eval_batches("val", size)), r.ema.module))
-    return results
+    modules = [("model", r.net)] + ([("ema", r.ema.module)] if r.ema is not None else [])
+    return [(name, evaluate(r.accelerator, m, r.data.eval_batches("val", size)), m) for name, m in modules]
 
 
 def finish_epoch(r: Run, epoch: int, train: dict) -> bool:
@@ -533,12 +602,20 @@ def finish_epoch(r: Run, epoch: int, train: dict) -> bool:
     results = validate(r)
     source, val, module = max(results, key=lambda result: rank(monitor, result[1]))
     raw = results[0][1]
-    row = dict(epoch=epoch, train_loss=train.pop("train_loss"), train_acc=train.pop("train_acc"),
-               val_loss=raw["loss"], val_acc=raw["acc"], **train)
+    row = dict(
+        epoch=epoch,
+        train_loss=train.pop("train_loss"),
+        train_acc=train.pop("train_acc"),
+        val_loss=raw["loss"],
+        val_acc=raw["acc"],
+        **train,
+    )
     extra = dict(ema_val_loss=results[1][1]["loss"], ema_val_acc=results[1][1]["acc"]) if r.ema is not None else {}
     improved = not r.state.best or rank(monitor, val) > tuple(r.state.best["rank"])
     if improved:
-        r.state.best = dict(rank=rank(monitor, val), epoch=epoch, source=source, val_acc=val["acc"], val_loss=val["loss"])
+        r.state.best = dict(
+            rank=rank(monitor, val), epoch=epoch, source=source, val_acc=val["acc"], val_loss=val["loss"]
+        )
         if r.accelerator.is_main_process:
             save_best(r.run_dir, module.state_dict(), r.card, r.state.best)
     stop = r.early_stop.should_stop(epoch, val["acc"] if monitor == "val_acc" else val["loss"])
@@ -548,8 +625,10 @@ def finish_epoch(r: Run, epoch: int, train: dict) -> bool:
     r.state.early_stop, r.state.schedule = r.early_stop.state_dict(), r.schedule.state_dict()
     r.tracker.epoch(row, extra, improved)
     if row["loss_scale"] is not None and row["loss_scale"] < 1.0:
-        r.accelerator.print(f"warning: the fp16 loss scale fell to {row['loss_scale']:g}: gradients overflow even "
-                            f"unscaled; bf16 (or a lower lr) avoids this")
+        r.accelerator.print(
+            f"warning: the fp16 loss scale fell to {row['loss_scale']:g}: gradients overflow even "
+            f"unscaled; bf16 (or a lower lr) avoids this"
+        )
     return stop
 
 
@@ -584,12 +663,26 @@ def peak_memory_gib(device: torch.device) -> float:
 def summary(r: Run, test: dict) -> dict:
     s, cfg = r.state, r.cfg
     return dict(
-        best_val_acc=s.best.get("val_acc"), best_val_loss=s.best.get("val_loss"), best_epoch=s.best.get("epoch"),
-        best_source=s.best.get("source"), monitor=cfg.early_stop.monitor, epochs_completed=len(s.history),
-        stopped_early=s.stopped == "early_stop", stopped_reason=s.stopped,
-        stopped_epoch=len(s.history) - 1 if s.stopped else None, **test, wall_time_s=s.wall_time_s,
-        optimizer_steps=s.step, skipped_steps=s.skipped_steps, processes=r.accelerator.num_processes,
-        device=device_name(r.accelerator), mixed_precision=r.accelerator.mixed_precision,
-        peak_memory_gib=peak_memory_gib(r.accelerator.device), model=cfg.model.name, dataset=cfg.data.name, pretrained=bool(cfg.model.pretrained or cfg.model.pretrained_file),
-        image_size=r.card["image_size"], optimizer=cfg.optim.name if cfg.optim.name != "sam" else f"sam({cfg.optim.base})",
+        best_val_acc=s.best.get("val_acc"),
+        best_val_loss=s.best.get("val_loss"),
+        best_epoch=s.best.get("epoch"),
+        best_source=s.best.get("source"),
+        monitor=cfg.early_stop.monitor,
+        epochs_completed=len(s.history),
+        stopped_early=s.stopped == "early_stop",
+        stopped_reason=s.stopped,
+        stopped_epoch=len(s.history) - 1 if s.stopped else None,
+        **test,
+        wall_time_s=s.wall_time_s,
+        optimizer_steps=s.step,
+        skipped_steps=s.skipped_steps,
+        processes=r.accelerator.num_processes,
+        device=device_name(r.accelerator),
+        mixed_precision=r.accelerator.mixed_precision,
+        peak_memory_gib=peak_memory_gib(r.accelerator.device),
+        model=cfg.model.name,
+        dataset=cfg.data.name,
+        pretrained=bool(cfg.model.pretrained or cfg.model.pretrained_file),
+        image_size=r.card["image_size"],
+        optimizer=cfg.optim.name if cfg.optim.name != "sam" else f"sam({cfg.optim.base})",
     )

@@ -6,6 +6,7 @@ Writes `eval/<split>-<checkpoint>/` into the run dir: metrics.json (top-1, top-5
 confusion.csv (rows: true class, columns: predicted) and confusion.png. Works on the CPU for a run trained on
 GPUs; `key=value` overrides apply to the run's config.yaml (e.g. data.root=/elsewhere).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,13 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> di
     n = len(classes)
     confusion = torch.bincount(labels * n + top[:, 0], minlength=n * n).reshape(n, n)
     count = len(labels)
-    return dict(top1=int((top[:, 0] == labels).sum()) / count, top5=int((top == labels[:, None]).any(1).sum()) / count,
-                loss=F.cross_entropy(logits.double(), labels).item(), count=count, confusion=confusion)
+    return dict(
+        top1=int((top[:, 0] == labels).sum()) / count,
+        top5=int((top == labels[:, None]).any(1).sum()) / count,
+        loss=F.cross_entropy(logits.double(), labels).item(),
+        count=count,
+        confusion=confusion,
+    )
 
 
 def write_outputs(out: Path, result: dict, classes: list[str], name: str) -> None:
@@ -88,7 +94,12 @@ def write_outputs(out: Path, result: dict, classes: list[str], name: str) -> Non
         w = csv.writer(f)
         w.writerow(["true \\ predicted", *classes])
         w.writerows([name, *map(int, row)] for name, row in zip(classes, confusion))
-    plot_confusion(confusion, classes, out / "confusion.png", f"{result['split']} split, {name} weights: top-1 {result['top1']:.2%}")
+    plot_confusion(
+        confusion,
+        classes,
+        out / "confusion.png",
+        f"{result['split']} split, {name} weights: top-1 {result['top1']:.2%}",
+    )
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
@@ -138,12 +149,16 @@ def evaluate_run(run_dir: Path, split: str, checkpoint: str, device: str, batch_
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parse_args(argv)
-        result = evaluate_run(Path(args.run_dir), args.split, args.checkpoint, args.device, args.batch_size, args.overrides)
+        result = evaluate_run(
+            Path(args.run_dir), args.split, args.checkpoint, args.device, args.batch_size, args.overrides
+        )
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    print(f"{args.split} ({args.checkpoint}): top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
-          f"loss {result['loss']:.4f} on {result['count']} images -> {Path(args.run_dir) / 'eval'}")
+    print(
+        f"{args.split} ({args.checkpoint}): top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
+        f"loss {result['loss']:.4f} on {result['count']} images -> {Path(args.run_dir) / 'eval'}"
+    )
     return 0
 
 

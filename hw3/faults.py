@@ -1,6 +1,7 @@
 """Fault injection for the crash-and-resume tests. `HW3_CRASH_AT=<point>:<n>[:<signal>]` sends this process
 SIGKILL (or the named signal, e.g. TERM) the n-th time it reaches <point>: train_step (after an optimizer step),
 validation, checkpoint_save (all files written, not yet renamed into place), after_save. Unset: nothing."""
+
 import os
 import signal
 from collections import Counter

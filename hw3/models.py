@@ -6,6 +6,7 @@ work than it was designed to. The standard CIFAR adaptation (He et al. 2016, Sec
 conv and no max-pool; `small_input` applies it to the resnet/resnest families (on by default when training from
 scratch at <= 64 px, off for pretrained models, whose stem weights expect the ImageNet layout).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ SMALL_INPUT_MAX_SIZE = 64  # px: at or below this, from-scratch resnets get the 
 class SimpleMLP(nn.Module):
     """Flatten -> [Linear -> ReLU -> Dropout] x len(hidden_sizes) -> Linear. Input size comes from the data."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
-                 hidden_sizes: Sequence[int] = (512, 256), drop_rate: float = 0.0, **_):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        img_size: int = 28,
+        hidden_sizes: Sequence[int] = (512, 256),
+        drop_rate: float = 0.0,
+        **_,
+    ):
         super().__init__()
         sizes = [in_chans * img_size * img_size, *hidden_sizes]
         layers: list[nn.Module] = [nn.Flatten()]
@@ -47,11 +55,21 @@ class SimpleCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 32, drop_rate: float = 0.0, **_):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True))
-        self.body = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
-                                  nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(drop_rate))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, ceil_mode=True),
+        )
+        self.body = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Dropout(drop_rate),
+        )
         self.num_features = 2 * width * 16
         self.head = nn.Linear(self.num_features, num_classes)
 
@@ -78,8 +96,10 @@ def simple_cnn(pretrained: bool = False, **kwargs) -> SimpleCNN:
 
 def check_model_name(name: str) -> None:
     if not timm.is_model(name):
-        raise UserError(f"model.name: unknown model '{name}'{did_you_mean(name, timm.list_models())} "
-                        f"(any timm model, or simple_mlp / simple_cnn)")
+        raise UserError(
+            f"model.name: unknown model '{name}'{did_you_mean(name, timm.list_models())} "
+            f"(any timm model, or simple_mlp / simple_cnn)"
+        )
 
 
 def pretrained_data_config(cfg: ModelConfig) -> Optional[dict]:
@@ -105,7 +125,9 @@ def wants_small_input(cfg: ModelConfig, model: nn.Module, image_size: int) -> bo
     return from_scratch and image_size <= SMALL_INPUT_MAX_SIZE and has_resnet_stem(model)
 
 
-def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, image_size: int, load_weights: bool = True) -> nn.Module:
+def build_model(
+    cfg: ModelConfig, num_classes: int, in_chans: int, image_size: int, load_weights: bool = True
+) -> nn.Module:
     """timm.create_model with the recipe's arguments; pretrained weights from the Hub or `pretrained_file`."""
     check_model_name(cfg.name)
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=cfg.drop_rate, **cfg.kwargs)
@@ -124,8 +146,10 @@ def build_model(cfg: ModelConfig, num_classes: int, in_chans: int, image_size: i
         if not pretrained:
             raise
         source = cfg.pretrained_file or "the HF Hub"
-        raise UserError(f"model.pretrained: could not load {cfg.name} weights from {source} "
-                        f"({str(e).strip().splitlines()[0][:200]}); offline, set model.pretrained_file to a local file") from None
+        raise UserError(
+            f"model.pretrained: could not load {cfg.name} weights from {source} "
+            f"({str(e).strip().splitlines()[0][:200]}); offline, set model.pretrained_file to a local file"
+        ) from None
     model.hw3_small_input = wants_small_input(cfg, model, image_size)  # recorded in the exported model card
     if model.hw3_small_input:
         adapt_stem_to_small_input(model, cfg.name)
@@ -156,23 +180,37 @@ def check_forward(model: nn.Module, in_chans: int, image_size: int, name: str) -
         with torch.no_grad():
             model(torch.zeros(1, in_chans, image_size, image_size))
     except (RuntimeError, AssertionError, ValueError) as e:
-        raise UserError(f"data.image_size={image_size}: {name} cannot take {image_size}x{image_size} input "
-                        f"({str(e).strip().splitlines()[0][:160]})") from None
+        raise UserError(
+            f"data.image_size={image_size}: {name} cannot take {image_size}x{image_size} input "
+            f"({str(e).strip().splitlines()[0][:160]})"
+        ) from None
     finally:
         model.train(was_training)
 
 
 def model_card(cfg: ModelConfig, model: nn.Module, spec, classes: list[str]) -> dict:
     """Everything `load_model` needs to rebuild the network around exported weights, and to feed it."""
-    return dict(name=cfg.name, num_classes=len(classes), in_chans=spec.channels, image_size=spec.size,
-                small_input=model.hw3_small_input, drop_rate=cfg.drop_rate, kwargs=cfg.kwargs,
-                mean=list(spec.mean), std=list(spec.std), crop_pct=spec.crop_pct, classes=classes)
+    return dict(
+        name=cfg.name,
+        num_classes=len(classes),
+        in_chans=spec.channels,
+        image_size=spec.size,
+        small_input=model.hw3_small_input,
+        drop_rate=cfg.drop_rate,
+        kwargs=cfg.kwargs,
+        mean=list(spec.mean),
+        std=list(spec.std),
+        crop_pct=spec.crop_pct,
+        classes=classes,
+    )
 
 
 def model_from_card(card: dict, weights: dict[str, torch.Tensor]) -> nn.Module:
     """The network a model card describes, holding `weights` (accelerate's 'module.'/'_orig_mod.' prefixes of
     DDP/compiled checkpoints are dropped)."""
-    cfg = ModelConfig(name=card["name"], small_input=card["small_input"], drop_rate=card["drop_rate"], kwargs=card["kwargs"])
+    cfg = ModelConfig(
+        name=card["name"], small_input=card["small_input"], drop_rate=card["drop_rate"], kwargs=card["kwargs"]
+    )
     model = build_model(cfg, card["num_classes"], card["in_chans"], card["image_size"], load_weights=False)
     clean = {}
     for key, value in weights.items():
@@ -196,7 +234,11 @@ def load_model(path: str, device: str = "cpu") -> nn.Module:
     from safetensors.torch import load_file
 
     p = Path(path)
-    weights = p if p.suffix == ".safetensors" else (p / "best" / "model.safetensors" if (p / "best").is_dir() else p / "model.safetensors")
+    weights = (
+        p
+        if p.suffix == ".safetensors"
+        else (p / "best" / "model.safetensors" if (p / "best").is_dir() else p / "model.safetensors")
+    )
     card_file = weights.with_name("model.json")
     if not weights.is_file() or not card_file.is_file():
         raise UserError(f"{path}: no model.safetensors with its model.json there")

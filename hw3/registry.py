@@ -1,4 +1,5 @@
 """A tiny name → builder registry, so datasets, optimizers and schedules are looked up, not if/else'd."""
+
 import difflib
 from typing import Callable, Generic, Iterable, TypeVar
 
@@ -31,9 +32,8 @@ class Registry(Generic[T]):
         """The entry called `name`; `key` (e.g. 'optim.name') prefixes the error when there is none."""
         if name not in self._entries:
             where = f"{key}: " if key else ""
-            raise UserError(
-                f"{where}unknown {self.kind} '{name}'{did_you_mean(name, self._entries)}; known: {', '.join(self.names())}"
-            )
+            hint = did_you_mean(name, self._entries)
+            raise UserError(f"{where}unknown {self.kind} '{name}'{hint}; known: {', '.join(self.names())}")
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -6,9 +6,9 @@ A markdown table (strategy, model, pretrained, image size, epochs, best val accu
 hardware), one row per run, and learning curves (loss and accuracy per epoch, one colour per run) saved next to
 the report as <name>_loss.png and <name>_accuracy.png. Runs still in progress are read from metrics.jsonl.
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,8 +19,18 @@ import yaml
 from hw3.cli import Parser, one_line
 from hw3.errors import UserError
 
-COLUMNS = ("run", "strategy", "model", "pretrained", "image size", "epochs", "best val acc", "test acc", "wall time",
-           "hardware")
+COLUMNS = (
+    "run",
+    "strategy",
+    "model",
+    "pretrained",
+    "image size",
+    "epochs",
+    "best val acc",
+    "test acc",
+    "wall time",
+    "hardware",
+)
 
 
 def read_run(run_dir: Path) -> dict:
@@ -35,7 +45,11 @@ def read_run(run_dir: Path) -> dict:
 
 def strategy(cfg: dict) -> str:
     o, s, t = cfg["optim"], cfg["sched"], cfg["train"]
-    name = f"SAM{' (adaptive)' if o['adaptive'] else ''} rho {o['rho']:g} + {o['base']}" if o["name"] == "sam" else o["name"]
+    name = (
+        f"SAM{' (adaptive)' if o['adaptive'] else ''} rho {o['rho']:g} + {o['base']}"
+        if o["name"] == "sam"
+        else o["name"]
+    )
     parts = [f"{name}, lr {o['lr']:g}", s["name"]]
     parts += [f"label smoothing {t['label_smoothing']:g}"] if t["label_smoothing"] else []
     parts += ["mixup/cutmix"] if t["mixup"] or t["cutmix"] else []
@@ -47,9 +61,10 @@ def hardware(run: dict) -> str:
     summary = run["summary"]
     if summary:
         return f"{summary['processes']} x {summary['device']}" if summary["processes"] > 1 else summary["device"]
-    command = run["dir"] / "command.txt"
-    lines = [l for l in command.read_text().splitlines() if l.startswith("processes:")] if command.is_file() else []
-    return lines[-1].split("device: ", 1)[-1].split(",")[0] if lines else "?"
+    command = run["dir"] / "command.txt"  # a run in progress: its latest session's header
+    text = command.read_text() if command.is_file() else ""
+    lines = [line for line in text.splitlines() if line.startswith("processes:")]
+    return lines[-1].split("device: ", 1)[-1].split(", mixed precision")[0] if lines else "?"
 
 
 def clock(seconds: Optional[float]) -> str:
@@ -69,9 +84,18 @@ def row(run: dict) -> dict:
     wall = summary["wall_time_s"] if summary else sum(r["epoch_time_s"] for r in rows)
     size = summary["image_size"] if summary else cfg["data"]["image_size"] or "native"
     pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731
-    return {"run": run["dir"].name, "strategy": strategy(cfg), "model": model["name"], "pretrained": pretrained,
-            "image size": size, "epochs": epochs, "best val acc": pct(best_val), "test acc": pct(test),
-            "wall time": clock(wall), "hardware": hardware(run)}
+    return {
+        "run": run["dir"].name,
+        "strategy": strategy(cfg),
+        "model": model["name"],
+        "pretrained": pretrained,
+        "image size": size,
+        "epochs": epochs,
+        "best val acc": pct(best_val),
+        "test acc": pct(test),
+        "wall time": clock(wall),
+        "hardware": hardware(run),
+    }
 
 
 def markdown(runs: list[dict]) -> str:
@@ -92,7 +116,9 @@ def plot_curves(runs: list[dict], path: Path, metric: str, ylabel: str) -> None:
     for i, run in enumerate(runs):
         epochs = [r["epoch"] for r in run["rows"]]
         color = f"C{i % 10}"
-        ax.plot(epochs, [r[f"train_{metric}"] for r in run["rows"]], "--", color=color, label=f"{run['dir'].name} train")
+        ax.plot(
+            epochs, [r[f"train_{metric}"] for r in run["rows"]], "--", color=color, label=f"{run['dir'].name} train"
+        )
         ax.plot(epochs, [r[f"val_{metric}"] for r in run["rows"]], "-", color=color, label=f"{run['dir'].name} val")
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)

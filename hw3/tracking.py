@@ -2,6 +2,7 @@
 
 Only the main process writes; `Tracker` methods are no-ops elsewhere.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -19,8 +20,20 @@ from hw3.checkpoint import write_atomic
 from hw3.config import Config, LogConfig, flatten, to_yaml
 
 # Columns of metrics.jsonl, in order (accuracies are fractions in [0, 1]).
-METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "epoch_time_s",
-           "images_per_s", "grad_norm", "skipped_steps", "loss_scale")
+METRICS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "batch_size",
+    "epoch_time_s",
+    "images_per_s",
+    "grad_norm",
+    "skipped_steps",
+    "loss_scale",
+)
 
 
 def git_revision() -> str:
@@ -30,8 +43,12 @@ def git_revision() -> str:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -40,7 +57,13 @@ def git_revision() -> str:
 def device_name(accelerator) -> str:
     if accelerator.device.type == "cuda":
         return torch.cuda.get_device_name(accelerator.device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"CPU {model}, {torch.get_num_threads()} threads"
 
 
 def versions() -> str:
@@ -48,8 +71,10 @@ def versions() -> str:
     import timm
     import torchvision
 
-    return (f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-            f"timm {timm.__version__}, accelerate {accelerate.__version__}")
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"timm {timm.__version__}, accelerate {accelerate.__version__}"
+    )
 
 
 class Tracker:
@@ -65,26 +90,37 @@ class Tracker:
                 f.write(self.session_header(resumed_from))
             write_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
         if self.log.trackers:
-            init = {"wandb": dict(name=self.log.run_name or self.run_dir.name, tags=self.log.tags, id=wandb_id,
-                                  resume="allow", dir=str(self.run_dir))}
+            init = {
+                "wandb": dict(
+                    name=self.log.run_name or self.run_dir.name,
+                    tags=self.log.tags,
+                    id=wandb_id,
+                    resume="allow",
+                    dir=str(self.run_dir),
+                )
+            }
             self.accelerator.init_trackers(self.log.project, config=flatten(cfg), init_kwargs=init)
 
     def session_header(self, resumed_from: Optional[Path]) -> str:
         acc = self.accelerator
         argv = " ".join(shlex.quote(a) for a in sys.argv)
-        return (f"# {datetime.datetime.now().isoformat(timespec='seconds')}"
-                f"{f' (resumed from {resumed_from})' if resumed_from else ''}\n"
-                f"argv: {argv}\ncwd: {Path.cwd()}\ngit: {git_revision()}\n{versions()}\n"
-                f"processes: {acc.num_processes} ({acc.distributed_type.value}), device: {device_name(acc)}, "
-                f"mixed precision: {acc.mixed_precision}\n\n")
+        return (
+            f"# {datetime.datetime.now().isoformat(timespec='seconds')}"
+            f"{f' (resumed from {resumed_from})' if resumed_from else ''}\n"
+            f"argv: {argv}\ncwd: {Path.cwd()}\ngit: {git_revision()}\n{versions()}\n"
+            f"processes: {acc.num_processes} ({acc.distributed_type.value}), device: {device_name(acc)}, "
+            f"mixed precision: {acc.mixed_precision}\n\n"
+        )
 
     def epoch(self, row: dict, extra: dict, best: bool) -> None:
         """One finished epoch: a metrics.jsonl line, tracker scalars, a console line."""
         if self.main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-        self.accelerator.log({k: v for k, v in {**row, **extra}.items() if isinstance(v, (int, float)) and v is not None},
-                             step=row["epoch"])
+        self.accelerator.log(
+            {k: v for k, v in {**row, **extra}.items() if isinstance(v, (int, float)) and v is not None},
+            step=row["epoch"],
+        )
         self.accelerator.print(console_line(row, extra, best))
 
     def summary(self, summary: dict) -> None:
@@ -97,12 +133,16 @@ class Tracker:
 
 
 def console_line(row: dict, extra: dict, best: bool) -> str:
-    line = (f"epoch {row['epoch']:>3} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}")
+    line = (
+        f"epoch {row['epoch']:>3} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
+        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
+    )
     if "ema_val_acc" in extra:
         line += f" (ema {extra['ema_val_acc']:.2%})"
-    line += (f" | lr {row['lr']:.2e} | bs {row['batch_size']} | {row['images_per_s']:,.0f} img/s | "
-             f"{row['epoch_time_s']:.1f}s")
+    line += (
+        f" | lr {row['lr']:.2e} | bs {row['batch_size']} | {row['images_per_s']:,.0f} img/s | "
+        f"{row['epoch_time_s']:.1f}s"
+    )
     if row.get("skipped_steps"):
         line += f" | {row['skipped_steps']} skipped"
     return line + (" *" if best else "")

@@ -1,4 +1,5 @@
 """Writers of real on-disk dataset formats, so the loaders are tested offline on the files they read for real."""
+
 from __future__ import annotations
 
 import hashlib
@@ -90,15 +91,23 @@ def write_pets(root: Path, breeds=("Abyssinian", "basset_hound", "Bengal"), per_
     return base
 
 
-def write_imagefolder(root: Path, classes=("cat", "dog"), splits=("train", "val", "test"), per_class: int = 6,
-                      size: int = 24, seed: int = 0) -> None:
+def write_imagefolder(
+    root: Path,
+    classes=("cat", "dog"),
+    splits=("train", "val", "test"),
+    per_class: int = 6,
+    size: int = 24,
+    seed: int = 0,
+) -> None:
     rng = np.random.default_rng(seed)
     for split in splits:
         for label, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                pixels = np.full((size, size, 3), 60 + 120 * label, np.uint8) + rng.integers(0, 40, (size, size, 3), dtype=np.uint8)
+                pixels = np.full((size, size, 3), 60 + 120 * label, np.uint8) + rng.integers(
+                    0, 40, (size, size, 3), dtype=np.uint8
+                )
                 Image.fromarray(pixels).save(folder / f"{i}.png")
 
 
@@ -109,17 +118,26 @@ def write_hub_parquet(folder: Path, kind: str, n_train: int = 40, n_test: int = 
 
     rng = np.random.default_rng(seed)
     if kind == "cifar100":
-        features = datasets.Features({"img": datasets.Image(),
-                                      "fine_label": datasets.ClassLabel(names=[f"fine_{i}" for i in range(100)]),
-                                      "coarse_label": datasets.ClassLabel(names=[f"coarse_{i}" for i in range(20)])})
+        features = datasets.Features(
+            {
+                "img": datasets.Image(),
+                "fine_label": datasets.ClassLabel(names=[f"fine_{i}" for i in range(100)]),
+                "coarse_label": datasets.ClassLabel(names=[f"coarse_{i}" for i in range(20)]),
+            }
+        )
     else:
-        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])})
+        features = datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
+        )
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("test", n_test)):
         if kind == "cifar100":
             fine = rng.integers(0, 100, n)
-            rows = {"img": [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)],
-                    "fine_label": fine.tolist(), "coarse_label": (fine // 5).tolist()}
+            rows = {
+                "img": [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)],
+                "fine_label": fine.tolist(),
+                "coarse_label": (fine // 5).tolist(),
+            }
         else:
             x, y = mnist_5k(seed)
             rows = {"image": [Image.fromarray(img) for img in x[:n]], "label": y[:n].tolist()}

@@ -1,7 +1,7 @@
 """The bad-input table: each mistake through the real CLI (a fresh process) exits 2 with a short message naming
 the key, file or value, no traceback, and leaves an existing run dir exactly as it was."""
+
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,46 +23,102 @@ CASES = {
     "negative lr": ([QUICK, "optim.lr=-0.1", "output_dir={run}"], "optim.lr: must be >= 0"),
     "zero epochs": ([QUICK, "train.epochs=0", "output_dir={run}"], "train.epochs: must be >= 1"),
     "zero batch size": ([QUICK, "train.batch_size=0", "output_dir={run}"], "train.batch_size: must be >= 1"),
-    "unknown dataset": ([QUICK, "data.name=cifar1000", "output_dir={run}"], "data.name: unknown dataset 'cifar1000' (did you mean 'cifar100'?)"),
-    "unknown model": ([QUICK, "model.name=resnet81", "output_dir={run}"], "unknown model 'resnet81' (did you mean 'resnet18'?)"),
-    "unknown optimizer": ([QUICK, "optim.name=adamm", "output_dir={run}"], "optim.name: unknown optimizer 'adamm' (did you mean 'adam'?)"),
-    "unknown schedule": ([QUICK, "sched.name=cosin", "output_dir={run}"], "sched.name: unknown schedule 'cosin' (did you mean 'cosine'?)"),
-    "unknown precision": ([QUICK, "train.mixed_precision=fp8", "output_dir={run}"], "train.mixed_precision: 'fp8' is not one of"),
+    "unknown dataset": (
+        [QUICK, "data.name=cifar1000", "output_dir={run}"],
+        "data.name: unknown dataset 'cifar1000' (did you mean 'cifar100'?)",
+    ),
+    "unknown model": (
+        [QUICK, "model.name=resnet81", "output_dir={run}"],
+        "unknown model 'resnet81' (did you mean 'resnet18'?)",
+    ),
+    "unknown optimizer": (
+        [QUICK, "optim.name=adamm", "output_dir={run}"],
+        "optim.name: unknown optimizer 'adamm' (did you mean 'adam'?)",
+    ),
+    "unknown schedule": (
+        [QUICK, "sched.name=cosin", "output_dir={run}"],
+        "sched.name: unknown schedule 'cosin' (did you mean 'cosine'?)",
+    ),
+    "unknown precision": (
+        [QUICK, "train.mixed_precision=fp8", "output_dir={run}"],
+        "train.mixed_precision: 'fp8' is not one of",
+    ),
     "missing recipe": (["{tmp}/nope.yaml", "output_dir={run}"], "nope.yaml' not found"),
     "malformed yaml": (["{tmp}/malformed.yaml", "output_dir={run}"], "malformed.yaml:3: malformed YAML"),
     "duplicate key": (["{tmp}/duplicate.yaml", "output_dir={run}"], "duplicate key 'lr' (first on line 2)"),
     "recipe is a list": (["{tmp}/list.yaml", "output_dir={run}"], "a recipe must be a mapping"),
     "python tag in yaml": (["{tmp}/unsafe.yaml", "output_dir={run}"], "unsafe.yaml:2: malformed YAML"),
     "override without =": ([QUICK, "train.epochs", "output_dir={run}"], "override 'train.epochs' has no '='"),
-    "val_fraction out of range": ([QUICK, "data.val_fraction=1", "output_dir={run}"], "data.val_fraction: must be in (0, 1)"),
-    "sam with accumulation": ([QUICK, "optim.name=sam", "train.grad_accum_steps=4", "output_dir={run}"], "train.grad_accum_steps: SAM needs"),
-    "missing data offline": ([QUICK, "data.name=mnist", "data.root={tmp}/empty", "output_dir={run}"], "MNIST/raw; set data.download=true"),
+    "val_fraction out of range": (
+        [QUICK, "data.val_fraction=1", "output_dir={run}"],
+        "data.val_fraction: must be in (0, 1)",
+    ),
+    "sam with accumulation": (
+        [QUICK, "optim.name=sam", "train.grad_accum_steps=4", "output_dir={run}"],
+        "train.grad_accum_steps: SAM needs",
+    ),
+    "missing data offline": (
+        [QUICK, "data.name=mnist", "data.root={tmp}/empty", "output_dir={run}"],
+        "MNIST/raw; set data.download=true",
+    ),
     "hf without path": ([QUICK, "data.name=hf", "output_dir={run}"], "data.path: required with data.name=hf"),
-    "hf missing column": ([QUICK, "data.name=hf", "data.path={tmp}/mnist_parquet", "data.image_column=img", "output_dir={run}"],
-                          "data.image_column: no column 'img'"),
-    "device loader impossible": ([QUICK, "data.name=oxford_pet", "data.root={tmp}/pets", "data.loader=device", "output_dir={run}"],
-                                 "data.loader=device is not possible"),
-    "image too small for model": ([QUICK, "model.name=vit_tiny_patch16_224", "output_dir={run}"], "data.image_size=8: vit_tiny_patch16_224 cannot take 8x8"),
-    "missing pretrained_file": ([QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/none.safetensors", "output_dir={run}"],
-                                "model.pretrained_file: '"),
-    "mismatched pretrained_file": ([QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/resnet50.safetensors", "output_dir={run}"],
-                                   "resnet50.safetensors"),
-    "pretrained offline": ([QUICK, "model.name=resnet18", "model.pretrained=true", "output_dir={run}"], "set model.pretrained_file"),
+    "hf missing column": (
+        [QUICK, "data.name=hf", "data.path={tmp}/mnist_parquet", "data.image_column=img", "output_dir={run}"],
+        "data.image_column: no column 'img'",
+    ),
+    "device loader impossible": (
+        [QUICK, "data.name=oxford_pet", "data.root={tmp}/pets", "data.loader=device", "output_dir={run}"],
+        "data.loader=device is not possible",
+    ),
+    "image too small for model": (
+        [QUICK, "model.name=vit_tiny_patch16_224", "output_dir={run}"],
+        "data.image_size=8: vit_tiny_patch16_224 cannot take 8x8",
+    ),
+    "missing pretrained_file": (
+        [QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/none.safetensors", "output_dir={run}"],
+        "model.pretrained_file: '",
+    ),
+    "mismatched pretrained_file": (
+        [QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/resnet50.safetensors", "output_dir={run}"],
+        "resnet50.safetensors",
+    ),
+    "pretrained offline": (
+        [QUICK, "model.name=resnet18", "model.pretrained=true", "output_dir={run}"],
+        "set model.pretrained_file",
+    ),
     "resume path missing": ([QUICK, "train.resume={tmp}/no-such-checkpoint", "output_dir={new}"], "train.resume: "),
-    "checkpoint of another model": ([QUICK, "model.name=simple_mlp", "train.resume={ckpt}", "output_dir={new}"],
-                                    "does not match this recipe's model"),
+    "checkpoint of another model": (
+        [QUICK, "model.name=simple_mlp", "train.resume={ckpt}", "output_dir={new}"],
+        "does not match this recipe's model",
+    ),
     "output_dir is a file": ([QUICK, "output_dir={tmp}/a_file"], "output_dir: "),
     "output_dir not writable": ([QUICK, "output_dir=/sys/hw3-run"], "output_dir: cannot write to /sys/hw3-run"),
-    "resume never on a run": ([QUICK, "train.resume=never", "output_dir={run}"], "already holds a run and train.resume=never"),
+    "resume never on a run": (
+        [QUICK, "train.resume=never", "output_dir={run}"],
+        "already holds a run and train.resume=never",
+    ),
     "overwrite a folder not a run": ([QUICK, "train.overwrite=true", "output_dir={tmp}"], "refusing to delete"),
-    "corrupt image": ([QUICK, "data.name=oxford_pet", "data.root={tmp}/pets", "data.image_size=16", "train.epochs=1",
-                       "data.num_workers=0", "output_dir={new}"], "cannot read image"),
+    "corrupt image": (
+        [
+            QUICK,
+            "data.name=oxford_pet",
+            "data.root={tmp}/pets",
+            "data.image_size=16",
+            "train.epochs=1",
+            "data.num_workers=0",
+            "output_dir={new}",
+        ],
+        "cannot read image",
+    ),
 }
 
 
 def digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +161,7 @@ def test_bad_input(name, table):
     result, expected = results[name], CASES[name][1]
     assert result.code == 2, f"{name}: exit {result.code}\n{result.err[-2000:]}"
     assert "Traceback" not in result.err, result.err[-2000:]
-    lines = [l for l in result.err.strip().splitlines() if l.startswith("error: ")]
+    lines = [line for line in result.err.strip().splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and expected in lines[0], result.err[-2000:]
     assert len(lines[0]) < 400
 
@@ -116,6 +172,9 @@ def test_the_existing_run_dir_was_not_touched(table):
 
 
 def test_fp16_on_cpu_is_a_warning_not_an_error(tmp_path):
-    result = run_subprocess(["--recipe", QUICK, "train.mixed_precision=fp16", "train.epochs=1", f"output_dir={tmp_path / 'r'}"], cwd=tmp_path)
+    result = run_subprocess(
+        ["--recipe", QUICK, "train.mixed_precision=fp16", "train.epochs=1", f"output_dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+    )
     assert result.code == 0, result.err[-2000:]
-    assert "fp16 has no effect without CUDA" in result.err
+    assert "warning: train.mixed_precision=fp16 has no effect without CUDA" in result.err

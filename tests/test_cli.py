@@ -1,13 +1,12 @@
 """The command line as users meet it: exit codes and one-line errors, from real subprocesses."""
-import subprocess
-import sys
+
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
 
-from conftest import RECIPES, ROOT, child_env, run_subprocess
+from conftest import RECIPES, ROOT, run_subprocess
 
 QUICK = str(RECIPES / "quickstart.yaml")
 
@@ -54,7 +53,9 @@ def test_user_error_exits_2_with_one_line(case, error_runs):
 
 def test_print_config_prints_the_resolved_recipe_and_touches_nothing(tmp_path):
     started = time.perf_counter()
-    result = run_subprocess(["--recipe", QUICK, "--print-config", "optim.lr=1e-3", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    result = run_subprocess(
+        ["--recipe", QUICK, "--print-config", "optim.lr=1e-3", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path
+    )
     assert result.code == 0, result.err
     printed = yaml.safe_load(result.out)
     assert printed["optim"]["lr"] == 0.001 and printed["model"]["name"] == "simple_cnn"

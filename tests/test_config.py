@@ -1,4 +1,5 @@
 """hw3.config: strict loading, coercion by field type, overrides, validation, every shipped recipe."""
+
 import dataclasses
 
 import pytest
@@ -15,22 +16,25 @@ def test_defaults_round_trip_through_yaml():
     assert again == cfg
 
 
-@pytest.mark.parametrize("override, key, expected", [
-    ("optim.lr=1e-3", "optim.lr", 0.001),  # YAML 1.1 reads 1e-3 as a string; the float field makes it a float
-    ("optim.lr=5", "optim.lr", 5.0),
-    ("train.epochs=3", "train.epochs", 3),
-    ("train.epochs=010", "train.epochs", 10),  # not octal
-    ("model.pretrained=true", "model.pretrained", True),
-    ("model.pretrained_file=null", "model.pretrained_file", None),
-    ("train.mixed_precision=no", "train.mixed_precision", "no"),  # not False
-    ("log.trackers=[tensorboard, wandb]", "log.trackers", ["tensorboard", "wandb"]),
-    ("log.trackers=tensorboard", "log.trackers", ["tensorboard"]),
-    ("log.trackers=[]", "log.trackers", []),
-    ("train.batch_size_schedule={0: 16, 2: 64}", "train.batch_size_schedule", {0: 16, 2: 64}),
-    ("model.kwargs.hidden_sizes=[64, 32]", "model.kwargs", {"hidden_sizes": [64, 32]}),
-    ("data.mean=[0.5]", "data.mean", [0.5]),
-    ("seed=7", "seed", 7),
-])
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("optim.lr=1e-3", "optim.lr", 0.001),  # YAML 1.1 reads 1e-3 as a string; the float field makes it a float
+        ("optim.lr=5", "optim.lr", 5.0),
+        ("train.epochs=3", "train.epochs", 3),
+        ("train.epochs=010", "train.epochs", 10),  # not octal
+        ("model.pretrained=true", "model.pretrained", True),
+        ("model.pretrained_file=null", "model.pretrained_file", None),
+        ("train.mixed_precision=no", "train.mixed_precision", "no"),  # not False
+        ("log.trackers=[tensorboard, wandb]", "log.trackers", ["tensorboard", "wandb"]),
+        ("log.trackers=tensorboard", "log.trackers", ["tensorboard"]),
+        ("log.trackers=[]", "log.trackers", []),
+        ("train.batch_size_schedule={0: 16, 2: 64}", "train.batch_size_schedule", {0: 16, 2: 64}),
+        ("model.kwargs.hidden_sizes=[64, 32]", "model.kwargs", {"hidden_sizes": [64, 32]}),
+        ("data.mean=[0.5]", "data.mean", [0.5]),
+        ("seed=7", "seed", 7),
+    ],
+)
 def test_override_values_are_coerced_to_the_field_type(override, key, expected):
     cfg = load_config(None, [override])
     section, _, name = key.rpartition(".")
@@ -46,26 +50,29 @@ def test_recipe_values_are_coerced_and_later_overrides_win(tmp_path):
     assert cfg.train.mixed_precision == "no" and cfg.train.epochs == 2
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=0.1", "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
-    ("train.lr=0.1", "unknown key 'train.lr' (did you mean 'optim.lr'?)"),
-    ("optimizer.lr=0.1", "unknown key 'optimizer"),
-    ("optim.lr=abc", "optim.lr: expected a number, got 'abc'"),
-    ("train.epochs=1.5", "train.epochs: expected an integer, got 1.5"),
-    ("model.pretrained=maybe", "model.pretrained: expected true or false, got 'maybe'"),
-    ("train.batch_size_schedule=[1, 2]", "train.batch_size_schedule: expected a mapping"),
-    ("optim.lr=-0.1", "optim.lr: must be >= 0"),
-    ("train.epochs=0", "train.epochs: must be >= 1"),
-    ("train.batch_size=0", "train.batch_size: must be >= 1"),
-    ("data.val_fraction=1.5", "data.val_fraction: must be in (0, 1)"),
-    ("data.name=cifar1000", "data.name: unknown dataset 'cifar1000' (did you mean 'cifar100'?)"),
-    ("optim.name=adamm", "optim.name: unknown optimizer 'adamm' (did you mean 'adam'?)"),
-    ("sched.name=cosin", "sched.name: unknown schedule 'cosin' (did you mean 'cosine'?)"),
-    ("model.name=resnet81", "model.name: unknown model 'resnet81' (did you mean 'resnet18'?)"),
-    ("train.mixed_precision=fp8", "train.mixed_precision: 'fp8' is not one of no, fp16, bf16"),
-    ("optim.name=sam", None),  # valid on its own ...
-    ("lr", "override 'lr' has no '='"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=0.1", "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+        ("train.lr=0.1", "unknown key 'train.lr' (did you mean 'optim.lr'?)"),
+        ("optimizer.lr=0.1", "unknown key 'optimizer"),
+        ("optim.lr=abc", "optim.lr: expected a number, got 'abc'"),
+        ("train.epochs=1.5", "train.epochs: expected an integer, got 1.5"),
+        ("model.pretrained=maybe", "model.pretrained: expected true or false, got 'maybe'"),
+        ("train.batch_size_schedule=[1, 2]", "train.batch_size_schedule: expected a mapping"),
+        ("optim.lr=-0.1", "optim.lr: must be >= 0"),
+        ("train.epochs=0", "train.epochs: must be >= 1"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1"),
+        ("data.val_fraction=1.5", "data.val_fraction: must be in (0, 1)"),
+        ("data.name=cifar1000", "data.name: unknown dataset 'cifar1000' (did you mean 'cifar100'?)"),
+        ("optim.name=adamm", "optim.name: unknown optimizer 'adamm' (did you mean 'adam'?)"),
+        ("sched.name=cosin", "sched.name: unknown schedule 'cosin' (did you mean 'cosine'?)"),
+        ("model.name=resnet81", "model.name: unknown model 'resnet81' (did you mean 'resnet18'?)"),
+        ("train.mixed_precision=fp8", "train.mixed_precision: 'fp8' is not one of no, fp16, bf16"),
+        ("optim.name=sam", None),  # valid on its own ...
+        ("lr", "override 'lr' has no '='"),
+    ],
+)
 def test_user_errors_name_the_key(override, message):
     if message is None:
         load_config(None, [override])
@@ -137,5 +144,5 @@ def test_dataclass_fields_each_have_a_comment():
         if cls is None:
             continue
         for f in dataclasses.fields(cls):
-            line = next(l for l in source.splitlines() if l.strip().startswith(f"{f.name}:"))
+            line = next(line for line in source.splitlines() if line.strip().startswith(f"{f.name}:"))
             assert "#" in line, f"{cls.__name__}.{f.name} has no comment"

@@ -1,6 +1,7 @@
 """Crash harness: SIGKILL a run at each stage, rerun the same command, and compare with an uninterrupted run,
 bit for bit (metrics.jsonl and weights). Every checkpoint a crash leaves behind must equal the uninterrupted
 run's checkpoint of the same name, or not look complete at all."""
+
 import json
 
 import pytest

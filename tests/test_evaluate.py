@@ -1,4 +1,5 @@
 """python -m hw3.evaluate and python -m hw3.report on runs the tests make."""
+
 import csv
 import json
 
@@ -19,8 +20,21 @@ def finished(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("eval")
     assert main(["--recipe", str(QUICK), "train.epochs=3", f"output_dir={tmp / 'adamw'}"]) == 0
-    assert main(["--recipe", str(QUICK), "train.epochs=3", "optim.name=sam", "optim.lr=0.05", "optim.base=sgd",
-                 "train.label_smoothing=0.1", f"output_dir={tmp / 'sam'}"]) == 0
+    assert (
+        main(
+            [
+                "--recipe",
+                str(QUICK),
+                "train.epochs=3",
+                "optim.name=sam",
+                "optim.lr=0.05",
+                "optim.base=sgd",
+                "train.label_smoothing=0.1",
+                f"output_dir={tmp / 'sam'}",
+            ]
+        )
+        == 0
+    )
     return tmp
 
 
@@ -61,7 +75,10 @@ def test_report_table_and_curves(finished, tmp_path, capsys):
     out = tmp_path / "report" / "report.md"
     assert report_main([str(finished / "adamw"), str(finished / "sam"), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| run | strategy | model | pretrained | image size | epochs | best val acc | test acc | wall time | hardware |" in text
+    assert (
+        "| run | strategy | model | pretrained | image size | epochs | best val acc | test acc | wall time | hardware |"
+        in text
+    )
     sam_row = next(line for line in text.splitlines() if line.startswith("| sam |"))
     assert "SAM rho 0.05 + sgd" in sam_row and "label smoothing 0.1" in sam_row and "| 3/3 |" in sam_row
     test_acc = read_summary(finished / "sam")["test_acc"]

@@ -1,5 +1,6 @@
 """Training lifecycle: early stopping, best weights vs rolling checkpoints, exact resume after SIGKILL and
 SIGTERM, the batch-size schedule, EMA/mixup, trackers, non-finite steps."""
+
 import json
 import math
 from pathlib import Path
@@ -13,13 +14,35 @@ from conftest import RECIPES, ROOT, read_metrics, read_summary, run_subprocess
 from hw3.checkpoint import list_checkpoints
 
 QUICK = RECIPES / "quickstart.yaml"
-DETERMINISTIC = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "grad_norm", "skipped_steps")
+DETERMINISTIC = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "batch_size",
+    "grad_norm",
+    "skipped_steps",
+)
 # Every stateful feature at once: EMA, mixup (numpy RNG), label smoothing, augmentation in DataLoader workers,
 # a batch-size schedule with lr scaling, a plateau schedule, early-stopping counters.
-RICH = ["train.epochs=4", "train.ema_decay=0.9", "train.mixup=0.2", "train.label_smoothing=0.1",
-        "data.augment=crop_flip", "data.crop_padding=1", "data.loader=dataloader", "data.num_workers=2",
-        "train.batch_size_schedule={0: 32, 2: 64}", "train.lr_scaling=sqrt", "sched.name=plateau",
-        "sched.patience=0", "early_stop.patience=10", "log.trackers=[]"]
+RICH = [
+    "train.epochs=4",
+    "train.ema_decay=0.9",
+    "train.mixup=0.2",
+    "train.label_smoothing=0.1",
+    "data.augment=crop_flip",
+    "data.crop_padding=1",
+    "data.loader=dataloader",
+    "data.num_workers=2",
+    "train.batch_size_schedule={0: 32, 2: 64}",
+    "train.lr_scaling=sqrt",
+    "sched.name=plateau",
+    "sched.patience=0",
+    "early_stop.patience=10",
+    "log.trackers=[]",
+]
 
 
 def deterministic(rows):
@@ -37,7 +60,11 @@ def assert_same_run(a: Path, b: Path):
     ea, eb = (load_file(str(list_checkpoints(d)[-1] / "ema.safetensors")) for d in (a, b))
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     sa, sb = read_summary(a), read_summary(b)
-    assert (sa["test_acc"], sa["best_epoch"], sa["optimizer_steps"]) == (sb["test_acc"], sb["best_epoch"], sb["optimizer_steps"])
+    assert (sa["test_acc"], sa["best_epoch"], sa["optimizer_steps"]) == (
+        sb["test_acc"],
+        sb["best_epoch"],
+        sb["optimizer_steps"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +109,17 @@ def test_batch_size_schedule_and_lr_scaling_show_in_metrics(uninterrupted):
 
 def test_early_stopping_fires_on_time_and_keeps_the_best(train, tmp_path):
     # lr = 0: the model never changes, so epoch 0 stays the best and every later epoch is "no improvement".
-    args = ["--recipe", QUICK, "model.name=simple_mlp", "optim.lr=0", "sched.name=none", "early_stop.patience=2",
-            "train.epochs=20", "train.keep_last=1", f"output_dir={tmp_path / 'run'}"]
+    args = [
+        "--recipe",
+        QUICK,
+        "model.name=simple_mlp",
+        "optim.lr=0",
+        "sched.name=none",
+        "early_stop.patience=2",
+        "train.epochs=20",
+        "train.keep_last=1",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     result = train(*args)
     assert result.code == 0, result.err
     summary = read_summary(tmp_path / "run")
@@ -96,16 +132,32 @@ def test_early_stopping_fires_on_time_and_keeps_the_best(train, tmp_path):
 
 
 def test_early_stopping_state_survives_a_resume(train, tmp_path):
-    base = ["--recipe", QUICK, "model.name=simple_mlp", "optim.lr=0", "sched.name=none", "early_stop.patience=3",
-            f"output_dir={tmp_path / 'run'}"]
+    base = [
+        "--recipe",
+        QUICK,
+        "model.name=simple_mlp",
+        "optim.lr=0",
+        "sched.name=none",
+        "early_stop.patience=3",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     assert train(*base, "train.epochs=2").code == 0  # epoch 1: one epoch without improvement so far
     assert train(*base, "train.epochs=20").code == 0
     assert read_summary(tmp_path / "run")["epochs_completed"] == 4  # stops after epoch 3, not 1 + 4
 
 
 def test_warmup_epochs_delay_early_stopping(train, tmp_path):
-    result = train("--recipe", QUICK, "model.name=simple_mlp", "optim.lr=0", "sched.name=none", "early_stop.patience=2",
-                   "early_stop.warmup_epochs=3", "train.epochs=20", f"output_dir={tmp_path / 'run'}")
+    result = train(
+        "--recipe",
+        QUICK,
+        "model.name=simple_mlp",
+        "optim.lr=0",
+        "sched.name=none",
+        "early_stop.patience=2",
+        "early_stop.warmup_epochs=3",
+        "train.epochs=20",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert result.code == 0 and read_summary(tmp_path / "run")["epochs_completed"] == 5
 
 
@@ -118,8 +170,15 @@ def test_ema_is_evaluated_checkpointed_and_eligible(train, tmp_path):
 
 
 def test_mixup_cutmix_and_label_smoothing_train(train, tmp_path):
-    result = train("--recipe", QUICK, "train.mixup=0.2", "train.cutmix=0.2", "train.label_smoothing=0.1",
-                   "train.epochs=6", f"output_dir={tmp_path / 'run'}")
+    result = train(
+        "--recipe",
+        QUICK,
+        "train.mixup=0.2",
+        "train.cutmix=0.2",
+        "train.label_smoothing=0.1",
+        "train.epochs=6",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert result.code == 0, result.err
     assert read_summary(tmp_path / "run")["test_acc"] > 0.9
 
@@ -132,7 +191,10 @@ def test_resume_never_and_overwrite(train, tmp_path):
     assert (tmp_path / "run" / "summary.json").is_file()  # untouched
     assert train(*args, "train.resume=never", "train.overwrite=true").code == 0
     first = list_checkpoints(tmp_path / "run")[0]
-    assert train("--recipe", QUICK, "train.epochs=2", f"train.resume={first}", f"output_dir={tmp_path / 'other'}").code == 0
+    assert (
+        train("--recipe", QUICK, "train.epochs=2", f"train.resume={first}", f"output_dir={tmp_path / 'other'}").code
+        == 0
+    )
     assert len(read_metrics(tmp_path / "other")) == 2
     missing = train(*args, f"train.resume={tmp_path / 'nope'}")
     assert missing.code == 2 and "not a complete hw3 checkpoint" in missing.err
@@ -156,14 +218,31 @@ def test_tensorboard_events_hold_the_scalars(train, tmp_path):
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "hw3"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "images_per_s", "epoch_time_s",
-            "grad_norm", "skipped_steps"} <= tags
+    assert {
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "batch_size",
+        "images_per_s",
+        "epoch_time_s",
+        "grad_norm",
+        "skipped_steps",
+    } <= tags
     rows = read_metrics(tmp_path / "run")
     assert [e.value for e in acc.Scalars("val_acc")] == pytest.approx([r["val_acc"] for r in rows])
 
 
 def test_wandb_offline_history_and_resumed_run_id(train, tmp_path):
-    args = ["--recipe", QUICK, "log.trackers=[wandb]", "log.run_name=quick", "log.tags=[test]", f"output_dir={tmp_path / 'run'}"]
+    args = [
+        "--recipe",
+        QUICK,
+        "log.trackers=[wandb]",
+        "log.run_name=quick",
+        "log.tags=[test]",
+        f"output_dir={tmp_path / 'run'}",
+    ]
     assert train(*args, "train.epochs=1").code == 0
     assert train(*args, "train.epochs=2").code == 0
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
@@ -184,6 +263,7 @@ def planted_nan(monkeypatch, bad_steps):
             value = inner(logits, targets)
             calls["n"] += 1
             return value * float("nan") if calls["n"] - 1 in bad_steps else value
+
         return loss
 
     monkeypatch.setattr(hw3.engine, "make_loss", make)

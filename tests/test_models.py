@@ -1,5 +1,6 @@
 """hw3.models: timm models with the small-input stem, pretrained weights from a local file, hw3's tiny models,
 and the one-line loader."""
+
 import json
 
 import pytest
@@ -66,8 +67,16 @@ def test_pretrained_from_the_hub_offline_points_at_pretrained_file():
 def test_pretrained_file_through_the_cli_uses_the_models_normalization(train, tmp_path):
     file = tmp_path / "test_resnet.safetensors"
     save_file(timm.create_model("test_resnet").state_dict(), str(file))
-    result = train("--recipe", QUICK, "model.name=test_resnet", f"model.pretrained_file={file}", "data.image_size=32",
-                   "train.epochs=1", "train.batch_size=16", f"output_dir={tmp_path / 'run'}")
+    result = train(
+        "--recipe",
+        QUICK,
+        "model.name=test_resnet",
+        f"model.pretrained_file={file}",
+        "data.image_size=32",
+        "train.epochs=1",
+        "train.batch_size=16",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert result.code == 0, result.err
     card = json.loads((tmp_path / "run" / "best" / "model.json").read_text())
     timm_cfg = timm.models.get_pretrained_cfg("test_resnet")
@@ -78,7 +87,7 @@ def test_pretrained_file_through_the_cli_uses_the_models_normalization(train, tm
 def test_simple_mlp_takes_its_input_size_from_the_data_and_its_layers_from_the_recipe():
     model = build_model(ModelConfig(name="simple_mlp", kwargs={"hidden_sizes": [64, 32]}, drop_rate=0.2), 10, 3, 16)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(768, 64), (64, 32), (32, 10)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(768, 64), (64, 32), (32, 10)]
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
     with pytest.raises(UserError, match="model.kwargs"):
         build_model(ModelConfig(name="resnet18", kwargs={"hidden_sizes": [3]}), 10, 3, 32)
@@ -93,14 +102,26 @@ def test_load_model_round_trips_predictions(train, tmp_path):
     assert torch.equal(model(x), same(x)) and model.hw3_card["classes"] == [str(i) for i in range(10)]
     # The same weights through timm alone (the classifier is kept when the overlay gives its class count).
     file = str(tmp_path / "run" / "best" / "model.safetensors")
-    timm_model = timm.create_model("simple_cnn", in_chans=1, num_classes=10, pretrained=True,
-                                   pretrained_cfg_overlay=dict(file=file, num_classes=10))
+    timm_model = timm.create_model(
+        "simple_cnn",
+        in_chans=1,
+        num_classes=10,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=file, num_classes=10),
+    )
     assert torch.equal(timm_model.eval()(x), model(x))
 
 
 def test_channels_last_option_trains(train, tmp_path):
-    result = train("--recipe", QUICK, "model.name=test_resnet", "data.image_size=16", "train.channels_last=true",
-                   "train.epochs=1", f"output_dir={tmp_path / 'run'}")
+    result = train(
+        "--recipe",
+        QUICK,
+        "model.name=test_resnet",
+        "data.image_size=16",
+        "train.channels_last=true",
+        "train.epochs=1",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert result.code == 0, result.err
 
 

@@ -1,4 +1,5 @@
 """Real 2-process gloo DDP on the CPU through `accelerate launch` with accelerate_configs/cpu_ddp.yaml."""
+
 import pytest
 
 from conftest import RECIPES, ROOT, accelerate_bin, read_metrics, read_summary, run_command, run_subprocess
@@ -6,15 +7,33 @@ from conftest import RECIPES, ROOT, accelerate_bin, read_metrics, read_summary, 
 pytestmark = pytest.mark.multiproc
 
 # A step schedule halving the lr every epoch: a prepared StepLR would halve it twice per epoch on 2 processes.
-ARGS = ["--recipe", RECIPES / "quickstart.yaml", "train.epochs=4", "sched.name=step", "sched.step_size=1",
-        "sched.gamma=0.5", "data.max_eval_samples=101"]
+ARGS = [
+    "--recipe",
+    RECIPES / "quickstart.yaml",
+    "train.epochs=4",
+    "sched.name=step",
+    "sched.step_size=1",
+    "sched.gamma=0.5",
+    "data.max_eval_samples=101",
+]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    ddp = run_command([accelerate_bin(), "launch", "--config_file", ROOT / "accelerate_configs" / "cpu_ddp.yaml",
-                       ROOT / "train.py", *ARGS, f"output_dir={tmp / 'two'}"], cwd=tmp, timeout=400)
+    ddp = run_command(
+        [
+            accelerate_bin(),
+            "launch",
+            "--config_file",
+            ROOT / "accelerate_configs" / "cpu_ddp.yaml",
+            ROOT / "train.py",
+            *ARGS,
+            f"output_dir={tmp / 'two'}",
+        ],
+        cwd=tmp,
+        timeout=400,
+    )
     single = run_subprocess([*ARGS, f"output_dir={tmp / 'one'}"], cwd=tmp)
     return tmp, ddp, single
 

@@ -1,4 +1,5 @@
 """The README's quickstart through the real launcher: accuracy bar, time, and the run-dir contract."""
+
 import json
 import math
 import re
@@ -11,7 +12,17 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, accelerate_bin, read_metrics, read_summary, run_command
 
-METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "batch_size", "epoch_time_s", "images_per_s"}
+METRIC_KEYS = {
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "batch_size",
+    "epoch_time_s",
+    "images_per_s",
+}
 
 
 def readme_commands() -> list[str]:
@@ -52,7 +63,11 @@ def test_run_dir_contract(quickstart):
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["data"]["name"] == "digits" and cfg["train"]["epochs"] == 15
     command = (run_dir / "command.txt").read_text()
-    assert "argv: train.py --recipe recipes/quickstart.yaml" in command and "torch " in command and "processes: 1" in command
+    assert (
+        "argv: train.py --recipe recipes/quickstart.yaml" in command
+        and "torch " in command
+        and "processes: 1" in command
+    )
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == list(range(15))
     for row in rows:
@@ -60,7 +75,15 @@ def test_run_dir_contract(quickstart):
         assert 0.0 <= row["train_acc"] <= 1.0 and 0.0 <= row["val_acc"] <= 1.0
         assert all(math.isfinite(row[k]) for k in ("train_loss", "val_loss", "lr", "images_per_s"))
     summary = read_summary(run_dir)
-    for key in ("best_val_acc", "best_epoch", "epochs_completed", "stopped_early", "test_acc", "test_loss", "wall_time_s"):
+    for key in (
+        "best_val_acc",
+        "best_epoch",
+        "epochs_completed",
+        "stopped_early",
+        "test_acc",
+        "test_loss",
+        "wall_time_s",
+    ):
         assert key in summary
     assert summary["epochs_completed"] == 15 and summary["stopped_early"] is False
     best = rows[summary["best_epoch"]]

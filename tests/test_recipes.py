@@ -1,4 +1,5 @@
 """Every shipped recipe runs in smoke mode (synthetic data of its shape, random weights, 2 steps) on the CPU."""
+
 import pytest
 
 from conftest import RECIPES, read_metrics, read_summary
@@ -15,6 +16,8 @@ def test_recipe_smoke_runs(train, tmp_path, recipe):
 
 
 def test_smoke_run_keeps_the_recipes_shape(train, tmp_path):
-    result = train("--recipe", RECIPES / "cifar100_resnet50_pretrained.yaml", "smoke=true", f"output_dir={tmp_path / 'run'}")
+    result = train(
+        "--recipe", RECIPES / "cifar100_resnet50_pretrained.yaml", "smoke=true", f"output_dir={tmp_path / 'run'}"
+    )
     assert result.code == 0, result.err
     assert "100 classes, 224px x3" in result.out and "resnet50.tv2_in1k" in result.out

@@ -1,4 +1,5 @@
 """Safe loading, secrets, failed saves and fp16 loss-scale collapse."""
+
 import errno
 import pickle
 
@@ -18,7 +19,9 @@ def test_secrets_from_the_environment_are_never_written(train, tmp_path, monkeyp
     secret = "sk-hw3-test-secret-4711"
     monkeypatch.setenv("WANDB_API_KEY", secret)
     monkeypatch.setenv("HF_TOKEN", secret)
-    result = train("--recipe", QUICK, "train.epochs=1", "log.trackers=[tensorboard, wandb]", f"output_dir={tmp_path / 'run'}")
+    result = train(
+        "--recipe", QUICK, "train.epochs=1", "log.trackers=[tensorboard, wandb]", f"output_dir={tmp_path / 'run'}"
+    )
     assert result.code == 0, result.err
     files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert len(files) > 10
@@ -69,6 +72,7 @@ def test_trust_remote_code_is_only_passed_when_the_recipe_asks(monkeypatch, tmp_
 
     from hw3.config import DataConfig
     from hw3.data.sources import DATASETS
+    from hw3.errors import UserError
 
     seen = []
 
@@ -78,7 +82,7 @@ def test_trust_remote_code_is_only_passed_when_the_recipe_asks(monkeypatch, tmp_
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     for flag in (False, True):
-        with pytest.raises(Exception):
+        with pytest.raises(UserError, match="stop here"):
             DATASETS.get("hf")(DataConfig(name="hf", path="someone/dataset", trust_remote_code=flag))
     assert "trust_remote_code" not in seen[0] and seen[1]["trust_remote_code"] is True
 
@@ -88,10 +92,12 @@ def test_fp16_loss_scale_collapse_is_reported(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     x[0, 0] = float("nan")
-    r = tiny_run(model, OptimConfig(name="sgd", lr=0.1), TrainConfig(max_bad_steps=4), scaler_scale=2.0 ** 16)
+    r = tiny_run(model, OptimConfig(name="sgd", lr=0.1), TrainConfig(max_bad_steps=4), scaler_scale=2.0**16)
     r.run_dir = tmp_path
     sums = hw3.engine.EpochSums(torch.device("cpu"), {})
-    with pytest.raises(hw3.engine.NonFinite, match=r"4 consecutive non-finite steps .*fp16 loss scale collapsed to 4096"):
+    with pytest.raises(
+        hw3.engine.NonFinite, match=r"4 consecutive non-finite steps .*fp16 loss scale collapsed to 4096"
+    ):
         for _ in range(4):
             hw3.engine.forward_backward(r, x, y, 1.0, sync=True)
             hw3.engine.optimizer_step(r, sums)

@@ -1,4 +1,5 @@
 """The input pipeline: a dataset from the registry, the model's input spec, and ready-to-use batches."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,7 @@ from typing import Iterator, Optional
 import torch
 
 from hw3.config import DataConfig
-from hw3.data.loaders import (DeviceLoader, SampleDataset, WorkerLoader, eval_positions, steps_per_epoch,
-                              train_positions)
+from hw3.data.loaders import DeviceLoader, SampleDataset, WorkerLoader, eval_positions, steps_per_epoch, train_positions
 from hw3.data.sources import Source, Split, load_source
 from hw3.data.transforms import CROPS, FLIPS, InputStage, auto_augment, channel_stats, draw, photo_transform
 from hw3.errors import UserError
@@ -53,8 +53,17 @@ def resolve_input(cfg: DataConfig, src: Source, pretrained: Optional[dict]) -> I
 class Data:
     """Train / val / test batches for this process, already on the device and normalized."""
 
-    def __init__(self, cfg: DataConfig, src: Source, spec: InputSpec, device: torch.device, world: int,
-                 rank: int, seed: int, channels_last: bool = False):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        src: Source,
+        spec: InputSpec,
+        device: torch.device,
+        world: int,
+        rank: int,
+        seed: int,
+        channels_last: bool = False,
+    ):
         self.src, self.world, self.rank, self.seed = src, world, rank, seed
         self.policy = cfg.augment or src.augment
         self.padding = src.crop_padding if cfg.crop_padding is None else cfg.crop_padding
@@ -74,10 +83,13 @@ class Data:
             transform = auto_augment(cfg.auto_augment) if train else None
         workers = default_workers(device, self.world) if cfg.num_workers is None else cfg.num_workers
         return WorkerLoader(
-            SampleDataset(split, self.policy, self.padding, transform), device, workers,
+            SampleDataset(split, self.policy, self.padding, transform),
+            device,
+            workers,
             pin_memory=device.type == "cuda" if cfg.pin_memory is None else cfg.pin_memory,
             persistent_workers=keep if cfg.persistent_workers is None else cfg.persistent_workers,
-            prefetch_factor=cfg.prefetch_factor, seed=self.seed,
+            prefetch_factor=cfg.prefetch_factor,
+            seed=self.seed,
         )
 
     @property
@@ -87,10 +99,14 @@ class Data:
     def steps(self, batch_size: int) -> int:
         return steps_per_epoch(self.num_train, self.world, batch_size)
 
-    def train_batches(self, epoch: int, batch_size: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, epoch: int, batch_size: int, start_batch: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch `epoch` at global batch `batch_size`, from batch `start_batch` on (mid-epoch resume)."""
         per_process = batch_size // self.world
-        positions = train_positions(self.num_train, self.world, self.rank, self.seed, epoch)[start_batch * per_process :]
+        positions = train_positions(self.num_train, self.world, self.rank, self.seed, epoch)[
+            start_batch * per_process :
+        ]
         augmenting = self.policy != "none" or not self.on_device
         params = draw(self.num_train, self.seed, epoch, self.padding) if augmenting else None
         for x, y in self.loaders["train"].batches(positions, per_process, params):

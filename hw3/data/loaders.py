@@ -9,6 +9,7 @@ batch B would see. Evaluation shards without padding, so counts are exact when s
   and augmented there (no worker processes, no host-to-device copies per step).
 - `WorkerLoader`: a torch DataLoader whose workers decode/augment one sample at a time (photos, big sets).
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,9 @@ class SampleDataset(torch.utils.data.Dataset):
         if self.split.images is not None:
             x = self.split.images[i]
             if dy >= 0:  # dy < 0 marks "no augmentation" (evaluation)
-                x = crop_flip(x[None], torch.tensor([dy]), torch.tensor([dx]), torch.tensor([flip]),
-                              self.policy, self.padding)[0]
+                x = crop_flip(
+                    x[None], torch.tensor([dy]), torch.tensor([dx]), torch.tensor([flip]), self.policy, self.padding
+                )[0]
         else:
             x = self.split.reader(i)
         if self.transform is not None:
@@ -106,11 +108,22 @@ class KeyBatches:
 
 
 class WorkerLoader:
-    def __init__(self, dataset: SampleDataset, device: torch.device, num_workers: int, pin_memory: bool,
-                 persistent_workers: bool, prefetch_factor: Optional[int], seed: int):
+    def __init__(
+        self,
+        dataset: SampleDataset,
+        device: torch.device,
+        num_workers: int,
+        pin_memory: bool,
+        persistent_workers: bool,
+        prefetch_factor: Optional[int],
+        seed: int,
+    ):
         self.device, self.sampler = device, KeyBatches()
         self.loader = DataLoader(
-            dataset, batch_sampler=self.sampler, num_workers=num_workers, pin_memory=pin_memory,
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
             persistent_workers=persistent_workers and num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
             generator=torch.Generator().manual_seed(seed),

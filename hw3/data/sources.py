@@ -4,6 +4,7 @@ A split holds its labels and either all its images as one uint8 tensor (N, C, H,
 device-resident loader can keep on the GPU -- or a reader that decodes image i from disk on demand (photos of
 mixed sizes, decoded in DataLoader workers). torchvision and `datasets` do the downloading and parsing.
 """
+
 from __future__ import annotations
 
 import io
@@ -166,20 +167,33 @@ def synthetic(cfg: DataConfig) -> Source:
         return Split(labels, templates[labels] // 2 + noise // 2)
 
     n_eval = cfg.max_eval_samples or 512
-    return Source(make(cfg.max_train_samples or 2048), make(n_eval), make(n_eval),
-                  [f"class_{i}" for i in range(classes)], channels, augment="crop_flip", crop_padding=size // 8)
+    return Source(
+        make(cfg.max_train_samples or 2048),
+        make(n_eval),
+        make(n_eval),
+        [f"class_{i}" for i in range(classes)],
+        channels,
+        augment="crop_flip",
+        crop_padding=size // 8,
+    )
 
 
 # Shape of each dataset (channels, side in px or None for mixed sizes, classes), for smoke runs without the data.
-SHAPES = {"digits": (1, 8, 10), "mnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100),
-          "oxford_pet": (3, None, 37)}
+SHAPES = {
+    "digits": (1, 8, 10),
+    "mnist": (1, 28, 10),
+    "cifar10": (3, 32, 10),
+    "cifar100": (3, 32, 100),
+    "oxford_pet": (3, None, 37),
+}
 
 
 def smoke_source(cfg: DataConfig) -> Source:
     """Synthetic stand-in with the recipe's dataset's shape (data.channels/num_classes/image_size for Hub sets)."""
     channels, side, classes = SHAPES.get(cfg.name, (cfg.channels or 3, None, cfg.num_classes or 10))
-    stand_in = replace(cfg, name="synthetic", channels=channels, num_classes=classes,
-                       image_size=side or cfg.image_size or 32)
+    stand_in = replace(
+        cfg, name="synthetic", channels=channels, num_classes=classes, image_size=side or cfg.image_size or 32
+    )
     return synthetic(stand_in)
 
 
@@ -194,10 +208,14 @@ def torchvision_split(cls, cfg: DataConfig, folder: str, **kwargs):
     except (RuntimeError, OSError) as e:
         where = Path(cfg.root) / folder
         if cfg.download:
-            raise UserError(f"data.name={cfg.name}: download into {where} failed ({str(e).splitlines()[0]}); "
-                            f"with no network, copy the files there yourself") from None
-        raise UserError(f"data.name={cfg.name}: files not found (or corrupt) under {where}; set data.download=true "
-                        f"to fetch them, or data.root to the folder that holds {folder}/") from None
+            raise UserError(
+                f"data.name={cfg.name}: download into {where} failed ({str(e).splitlines()[0]}); "
+                f"with no network, copy the files there yourself"
+            ) from None
+        raise UserError(
+            f"data.name={cfg.name}: files not found (or corrupt) under {where}; set data.download=true "
+            f"to fetch them, or data.root to the folder that holds {folder}/"
+        ) from None
 
 
 def _mnist_like(cls, cfg: DataConfig) -> Source:
@@ -270,8 +288,10 @@ def hub(cfg: DataConfig) -> Source:
 def imagefolder(cfg: DataConfig) -> Source:
     """`data.root/train/<class>/*.jpg`, optional `val/` (or validation/) and `test/` with the same classes."""
     if not (Path(cfg.root) / "train").is_dir():
-        raise UserError(f"data.root: {Path(cfg.root) / 'train'} is not a folder; imagefolder wants "
-                        f"<root>/train/<class>/<image> (plus optional val/ and test/)")
+        raise UserError(
+            f"data.root: {Path(cfg.root) / 'train'} is not a folder; imagefolder wants "
+            f"<root>/train/<class>/<image> (plus optional val/ and test/)"
+        )
     return from_hub(load_hub("imagefolder", cfg, data_dir=cfg.root), cfg)
 
 
@@ -282,8 +302,10 @@ def load_hub(path: str, cfg: DataConfig, **kwargs):
         return datasets.load_dataset(path, **kwargs)
     except Exception as e:  # datasets raises many types for "not there / offline"; all mean the same to a user
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"data.path={cfg.path or path}: could not load the dataset ({reason}); offline, point "
-                        f"data.path at a local copy (a dataset folder or parquet files)") from None
+        raise UserError(
+            f"data.path={cfg.path or path}: could not load the dataset ({reason}); offline, point "
+            f"data.path at a local copy (a dataset folder or parquet files)"
+        ) from None
 
 
 def pick_column(features, wanted: Optional[str], kind, key: str, where: str) -> str:
@@ -324,8 +346,14 @@ def from_hub(dsd, cfg: DataConfig) -> Source:
         classes = list(label_feature.names)
     else:
         classes = [str(i) for i in range(int(splits["train"].labels.max()) + 1)]
-    src = Source(splits["train"], splits.get("val"), splits.get("test"), classes, 1 if mode == "L" else 3,
-                 augment="resized_crop_flip")
+    src = Source(
+        splits["train"],
+        splits.get("val"),
+        splits.get("test"),
+        classes,
+        1 if mode == "L" else 3,
+        augment="resized_crop_flip",
+    )
     if cfg.loader != "dataloader":
         decode_small(src)
     return src

@@ -5,6 +5,7 @@ Reproducibility rule: every random draw of an epoch comes from (seed, epoch) alo
 the middle of an epoch sees exactly the images an uninterrupted run saw, and the device-resident path and the
 DataLoader path produce the same batches for in-memory data (both call `crop_flip`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ def draw(n: int, seed: int, epoch: int, padding: int) -> AugParams:
     return AugParams(offsets[0], offsets[1], flip, torch.randint(0, 2**62, (n,), generator=gen))
 
 
-def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, policy: str,
-              padding: int) -> torch.Tensor:
+def crop_flip(
+    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, policy: str, padding: int
+) -> torch.Tensor:
     """Random crop after zero padding, and horizontal flip, for a uint8 batch (N, C, H, W) on any device.
 
     Both are one choice of source row and column per output pixel, so the flip is folded into the column index
@@ -89,8 +91,9 @@ class InputStage:
     """uint8 batch -> the model's input: float, resized to `size`, grayscale repeated to RGB when the model wants
     3 channels, normalized, optionally channels-last. Runs on the training device, once per batch."""
 
-    def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float], device,
-                 channels_last: bool = False):
+    def __init__(
+        self, size: int, channels: int, mean: Sequence[float], std: Sequence[float], device, channels_last: bool = False
+    ):
         self.size, self.channels, self.channels_last = size, channels, channels_last
         mean, std = torch.tensor(mean, device=device), torch.tensor(std, device=device)
         # (x / 255 - mean) / std == x * scale - shift: one fused multiply-add on the device.
@@ -100,8 +103,9 @@ class InputStage:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if x.shape[-2:] != (self.size, self.size):
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.size)
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > self.size
+            )
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
         x = torch.addcmul(-self.shift, x, self.scale)

@@ -3,6 +3,7 @@
 `sam` is not an optimizer of its own: it builds its base optimizer (`optim.base`) here, and the training step
 adds the two-pass sharpness-aware update around it (hw3.optim.sam).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -19,8 +20,9 @@ OPTIMIZERS: Registry[Callable[[OptimConfig, nn.Module], torch.optim.Optimizer]] 
 
 def _timm(opt: str, cfg: OptimConfig, model: nn.Module, **kwargs) -> torch.optim.Optimizer:
     # filter_bias_and_bn: no weight decay on 1-D tensors (norm weights, biases) unless the recipe wants it.
-    return create_optimizer_v2(model, opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               filter_bias_and_bn=not cfg.decay_norm_and_bias, **kwargs)
+    return create_optimizer_v2(
+        model, opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=not cfg.decay_norm_and_bias, **kwargs
+    )
 
 
 @OPTIMIZERS.register("sgd")
@@ -53,9 +55,15 @@ def muon(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
     `optim.fallback_lr`. timm scales Muon's update to AdamW's RMS ("match_rms_adamw"), so one lr suits both
     and fallback_lr defaults to lr."""
     fallback_lr = cfg.fallback_lr if cfg.fallback_lr is not None else cfg.lr
-    return _timm("nmuon" if cfg.nesterov else "muon", cfg, model, momentum=cfg.momentum, betas=tuple(cfg.betas),
-                 fallback_list=muon_fallback_patterns(model),
-                 fallback_lr_scale=fallback_lr / cfg.lr if cfg.lr > 0 else 1.0)
+    return _timm(
+        "nmuon" if cfg.nesterov else "muon",
+        cfg,
+        model,
+        momentum=cfg.momentum,
+        betas=tuple(cfg.betas),
+        fallback_list=muon_fallback_patterns(model),
+        fallback_lr_scale=fallback_lr / cfg.lr if cfg.lr > 0 else 1.0,
+    )
 
 
 @OPTIMIZERS.register("sam")

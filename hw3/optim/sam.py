@@ -22,6 +22,7 @@ Details that matter:
 - The base optimizer's momentum is saved by accelerate like any optimizer's (the reference SAM's state_dict
   saves a weight copy instead, and resuming resets momentum).
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

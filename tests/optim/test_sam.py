@@ -1,5 +1,6 @@
 """SAM/ASAM as the engine runs it: equal to a hand-written reference step, scale-invariant under GradScaler,
 safe with a planted inf, BatchNorm statistics from pass 1 only."""
+
 import copy
 
 import pytest
@@ -34,7 +35,7 @@ def reference_step(model, x, y, rho, lr, adaptive):
         norm = torch.sqrt(sum(((wi.abs() * gi) ** 2).sum() for wi, gi in zip(w, g)))
         e = [rho * wi * wi * gi / norm for wi, gi in zip(w, g)]
     else:
-        norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
+        norm = torch.sqrt(sum((gi**2).sum() for gi in g))
         e = [rho * gi / norm for gi in g]
     with torch.no_grad():
         for p, ei in zip(params, e):
@@ -66,15 +67,16 @@ def test_grad_scaler_with_a_large_scale_gives_the_unscaled_step():
     (x, y) = batch()
     plain = tiny_run(tiny_model(), OptimConfig(name="sam", base="sgd", lr=0.1, momentum=0.9, rho=0.05))
     engine_step(plain, x, y)
-    scaled = tiny_run(tiny_model(), OptimConfig(name="sam", base="sgd", lr=0.1, momentum=0.9, rho=0.05),
-                      scaler_scale=2.0 ** 20)
+    scaled = tiny_run(
+        tiny_model(), OptimConfig(name="sam", base="sgd", lr=0.1, momentum=0.9, rho=0.05), scaler_scale=2.0**20
+    )
     engine_step(scaled, x, y)
-    assert scaled.accelerator.scaler.get_scale() == 2.0 ** 20  # no overflow, step taken
+    assert scaled.accelerator.scaler.get_scale() == 2.0**20  # no overflow, step taken
     for a, b in zip(plain.net.parameters(), scaled.net.parameters()):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("scaler_scale", [None, 2.0 ** 16])
+@pytest.mark.parametrize("scaler_scale", [None, 2.0**16])
 def test_planted_inf_in_pass_one_leaves_weights_and_batchnorm_untouched(scaler_scale):
     x, y = batch()
     x[3, 1] = float("inf")

@@ -1,5 +1,5 @@
 """hw3.optim.schedules: the lr trace of each schedule equals torch's own scheduler's over a short run."""
-import math
+
 
 import pytest
 import torch
@@ -37,19 +37,41 @@ def our_trace(cfg: SchedConfig, metrics=None) -> list[float]:
 
 CASES = {
     "none": (SchedConfig(name="none"), lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0), False),
-    "step": (SchedConfig(name="step", step_size=2, gamma=0.5),
-             lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5), False),
-    "multistep": (SchedConfig(name="multistep", milestones=[1, 4], gamma=0.1),
-                  lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[1, 4], gamma=0.1), False),
-    "cosine": (SchedConfig(name="cosine", warmup_epochs=1.5, warmup_start_factor=0.1, min_lr=0.001),
-               lambda o: torch.optim.lr_scheduler.SequentialLR(o, [
-                   torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=15),
-                   torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=EPOCHS * STEPS - 15, eta_min=0.001)],
-                   milestones=[15]), True),
-    "onecycle": (SchedConfig(name="onecycle", pct_start=0.3, div_factor=25.0, final_div_factor=1e4),
-                 lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=LR, total_steps=EPOCHS * STEPS, pct_start=0.3,
-                                                               div_factor=25.0, final_div_factor=1e4,
-                                                               cycle_momentum=False), True),
+    "step": (
+        SchedConfig(name="step", step_size=2, gamma=0.5),
+        lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5),
+        False,
+    ),
+    "multistep": (
+        SchedConfig(name="multistep", milestones=[1, 4], gamma=0.1),
+        lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[1, 4], gamma=0.1),
+        False,
+    ),
+    "cosine": (
+        SchedConfig(name="cosine", warmup_epochs=1.5, warmup_start_factor=0.1, min_lr=0.001),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o,
+            [
+                torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=15),
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=EPOCHS * STEPS - 15, eta_min=0.001),
+            ],
+            milestones=[15],
+        ),
+        True,
+    ),
+    "onecycle": (
+        SchedConfig(name="onecycle", pct_start=0.3, div_factor=25.0, final_div_factor=1e4),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o,
+            max_lr=LR,
+            total_steps=EPOCHS * STEPS,
+            pct_start=0.3,
+            div_factor=25.0,
+            final_div_factor=1e4,
+            cycle_momentum=False,
+        ),
+        True,
+    ),
 }
 
 
@@ -61,15 +83,23 @@ def test_trace_matches_torch(name):
     assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-9
 
 
-@pytest.mark.parametrize("monitor, metrics", [
-    ("val_loss", [1.0, 0.9, 0.95, 0.97, 0.89, 0.99]),
-    ("val_acc", [0.5, 0.6, 0.6, 0.55, 0.61, 0.6]),
-])
+@pytest.mark.parametrize(
+    "monitor, metrics",
+    [
+        ("val_loss", [1.0, 0.9, 0.95, 0.97, 0.89, 0.99]),
+        ("val_acc", [0.5, 0.6, 0.6, 0.55, 0.61, 0.6]),
+    ],
+)
 def test_plateau_matches_torch(monitor, metrics):
     cfg = SchedConfig(name="plateau", monitor=monitor, patience=1, gamma=0.5, threshold=1e-4, min_lr=0.03)
     mode = "min" if monitor == "val_loss" else "max"
-    theirs = torch_trace(lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(
-        o, mode=mode, factor=0.5, patience=1, threshold=1e-4, min_lr=0.03), False, metrics)
+    theirs = torch_trace(
+        lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(
+            o, mode=mode, factor=0.5, patience=1, threshold=1e-4, min_lr=0.03
+        ),
+        False,
+        metrics,
+    )
     ours = our_trace(cfg, metrics)
     assert ours == pytest.approx(theirs, abs=1e-12) and min(ours) >= 0.03 and ours[-1] < ours[0]
 
