@@ -401,72 +401,97 @@ def _choice(key: str, value: Any, choices: tuple) -> None:
     )
 
 
+def at_least(low):
+    return (lambda v: v >= low), f"must be >= {low}"
+
+
+def between(low, high, closed_low=True, closed_high=False):
+    ok = lambda v: (low <= v if closed_low else low < v) and (v <= high if closed_high else v < high)  # noqa: E731
+    return ok, f"must be in {'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
+
+
+# key: (test, what the value must be). Optional fields may also be null.
+RULES = {
+    "data.val_fraction": between(0, 1, closed_low=False),
+    **{
+        f"data.{k}": at_least(1)
+        for k in ("image_size", "num_classes", "channels", "max_train_samples", "max_eval_samples", "prefetch_factor")
+    },
+    "data.num_workers": at_least(0),
+    "data.crop_padding": at_least(0),
+    "data.mean": ((lambda v: len(v) in (1, 3)), "give 1 or 3 values"),
+    "data.std": ((lambda v: len(v) in (1, 3) and min(v) > 0), "give 1 or 3 values > 0"),
+    "model.drop_rate": between(0, 1),
+    "optim.lr": at_least(0),
+    "optim.weight_decay": at_least(0),
+    "optim.momentum": between(0, 1),
+    "optim.betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "give two values in [0, 1)"),
+    "optim.rho": ((lambda v: v > 0), "must be > 0"),
+    "optim.fallback_lr": at_least(0),
+    "sched.min_lr": at_least(0),
+    "sched.warmup_epochs": at_least(0),
+    "sched.step_size": at_least(1),
+    "sched.gamma": between(0, 1, closed_low=False, closed_high=True),
+    "sched.pct_start": between(0, 1, closed_low=False),
+    "sched.patience": at_least(0),
+    **{
+        f"train.{k}": at_least(1)
+        for k in (
+            "epochs",
+            "batch_size",
+            "grad_accum_steps",
+            "max_steps",
+            "eval_batch_size",
+            "keep_last",
+            "max_bad_steps",
+        )
+    },
+    "train.max_grad_norm": ((lambda v: v > 0), "must be > 0"),
+    "train.label_smoothing": between(0, 1),
+    "train.mixup": at_least(0),
+    "train.cutmix": at_least(0),
+    "train.ema_decay": between(0, 1, closed_low=False),
+    "train.resume": ((lambda v: bool(v.strip())), "auto, never, or a checkpoint folder"),
+    "early_stop.patience": at_least(1),
+    "early_stop.min_delta": at_least(0),
+    "early_stop.warmup_epochs": at_least(0),
+    "log.log_every": at_least(1),
+}
+CHOICES = {
+    "data.loader": ("auto", "device", "dataloader"),
+    "data.augment": ("none", "flip", "crop", "crop_flip", "resized_crop_flip"),
+    "data.auto_augment": ("randaugment", "trivialaugment"),
+    "sched.monitor": ("val_loss", "val_acc"),
+    "train.lr_scaling": ("none", "linear", "sqrt"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "early_stop.monitor": ("val_acc", "val_loss"),
+    "log.trackers": ("tensorboard", "wandb"),
+}
+
+
+def lookup(cfg: Config, key: str) -> Any:
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(cfg, section) if section else cfg, name)
+
+
 def validate(cfg: Config) -> None:
-    d, m, o, s, t, e, log = cfg.data, cfg.model, cfg.optim, cfg.sched, cfg.train, cfg.early_stop, cfg.log
-    _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
-    for key in ("image_size", "num_classes", "channels", "max_train_samples", "max_eval_samples", "prefetch_factor"):
-        value = getattr(d, key)
-        _check(value is None or value >= 1, f"data.{key}: must be >= 1, got {value}")
-    _check(d.num_workers is None or d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
-    _check(d.crop_padding is None or d.crop_padding >= 0, f"data.crop_padding: must be >= 0, got {d.crop_padding}")
-    _choice("data.loader", d.loader, ("auto", "device", "dataloader"))
-    if d.augment is not None:
-        _choice("data.augment", d.augment, ("none", "flip", "crop", "crop_flip", "resized_crop_flip"))
-    if d.auto_augment is not None:
-        _choice("data.auto_augment", d.auto_augment, ("randaugment", "trivialaugment"))
-    for key in ("mean", "std"):
-        value = getattr(d, key)
-        _check(value is None or len(value) in (1, 3), f"data.{key}: give 1 or 3 values, got {value}")
-    _check(d.std is None or min(d.std) > 0, f"data.std: must be > 0, got {d.std}")
-    _check(d.name != "hf" or bool(d.path), "data.path: required with data.name=hf (a Hub id or a local folder)")
-    _check(0.0 <= m.drop_rate < 1.0, f"model.drop_rate: must be in [0, 1), got {m.drop_rate}")
-    _check(o.lr >= 0, f"optim.lr: must be >= 0, got {o.lr}")
-    _check(o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
-    _check(0.0 <= o.momentum < 1.0, f"optim.momentum: must be in [0, 1), got {o.momentum}")
-    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"optim.betas: two values in [0, 1), got {o.betas}")
-    _check(o.rho > 0, f"optim.rho: must be > 0, got {o.rho}")
-    _check(o.fallback_lr is None or o.fallback_lr >= 0, f"optim.fallback_lr: must be >= 0, got {o.fallback_lr}")
-    _check(o.base != "sam", "optim.base: sam cannot wrap itself")
+    """Ranges and choices (RULES, CHOICES), the few rules that tie fields together, and registry names."""
+    for key, (ok, rule) in RULES.items():
+        value = lookup(cfg, key)
+        _check(value is None or ok(value), f"{key}: {rule}, got {value}")
+    for key, choices in CHOICES.items():
+        value = lookup(cfg, key)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                _choice(key, item, choices)
+    for epoch, size in (cfg.train.batch_size_schedule or {}).items():
+        _check(epoch >= 0 and size >= 1, f"train.batch_size_schedule: {{{epoch}: {size}}} needs epoch >= 0, size >= 1")
+    _check(cfg.data.name != "hf" or bool(cfg.data.path), "data.path: required with data.name=hf (a Hub id or a folder)")
+    _check(cfg.optim.base != "sam", "optim.base: sam cannot wrap itself")
     _check(
-        o.name != "sam" or t.grad_accum_steps == 1,
+        cfg.optim.name != "sam" or cfg.train.grad_accum_steps == 1,
         "train.grad_accum_steps: SAM needs the full-batch gradient for its perturbation; use 1 with optim.name=sam",
     )
-    _check(s.min_lr >= 0, f"sched.min_lr: must be >= 0, got {s.min_lr}")
-    _check(s.warmup_epochs >= 0, f"sched.warmup_epochs: must be >= 0, got {s.warmup_epochs}")
-    _check(s.step_size >= 1, f"sched.step_size: must be >= 1, got {s.step_size}")
-    _check(0 < s.gamma <= 1, f"sched.gamma: must be in (0, 1], got {s.gamma}")
-    _check(0 < s.pct_start < 1, f"sched.pct_start: must be in (0, 1), got {s.pct_start}")
-    _check(s.patience >= 0, f"sched.patience: must be >= 0, got {s.patience}")
-    _choice("sched.monitor", s.monitor, ("val_loss", "val_acc"))
-    _check(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
-    _check(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
-    for epoch, size in (t.batch_size_schedule or {}).items():
-        _check(
-            epoch >= 0 and size >= 1, f"train.batch_size_schedule: {{{epoch}: {size}}} needs epoch >= 0 and size >= 1"
-        )
-    _choice("train.lr_scaling", t.lr_scaling, ("none", "linear", "sqrt"))
-    _check(t.grad_accum_steps >= 1, f"train.grad_accum_steps: must be >= 1, got {t.grad_accum_steps}")
-    _check(t.max_steps is None or t.max_steps >= 1, f"train.max_steps: must be >= 1, got {t.max_steps}")
-    _check(t.max_grad_norm is None or t.max_grad_norm > 0, f"train.max_grad_norm: must be > 0, got {t.max_grad_norm}")
-    if t.mixed_precision is not None:
-        _choice("train.mixed_precision", t.mixed_precision, ("no", "fp16", "bf16"))
-    _check(0 <= t.label_smoothing < 1, f"train.label_smoothing: must be in [0, 1), got {t.label_smoothing}")
-    _check(t.mixup >= 0 and t.cutmix >= 0, "train.mixup / train.cutmix: alphas must be >= 0")
-    _check(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay: must be in (0, 1), got {t.ema_decay}")
-    _check(
-        t.eval_batch_size is None or t.eval_batch_size >= 1,
-        f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}",
-    )
-    _check(bool(t.resume.strip()), "train.resume: auto, never, or a checkpoint folder")
-    _check(t.keep_last >= 1, f"train.keep_last: must be >= 1, got {t.keep_last}")
-    _check(t.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {t.max_bad_steps}")
-    _choice("early_stop.monitor", e.monitor, ("val_acc", "val_loss"))
-    _check(e.patience is None or e.patience >= 1, f"early_stop.patience: must be >= 1, got {e.patience}")
-    _check(e.min_delta >= 0, f"early_stop.min_delta: must be >= 0, got {e.min_delta}")
-    _check(e.warmup_epochs >= 0, f"early_stop.warmup_epochs: must be >= 0, got {e.warmup_epochs}")
-    for tracker in log.trackers:
-        _choice("log.trackers", tracker, ("tensorboard", "wandb"))
-    _check(log.log_every >= 1, f"log.log_every: must be >= 1, got {log.log_every}")
     _check_names(cfg)
 
 

@@ -19,22 +19,6 @@ import torch
 from hw3.checkpoint import write_atomic
 from hw3.config import Config, LogConfig, flatten, to_yaml
 
-# Columns of metrics.jsonl, in order (accuracies are fractions in [0, 1]).
-METRICS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "batch_size",
-    "epoch_time_s",
-    "images_per_s",
-    "grad_norm",
-    "skipped_steps",
-    "loss_scale",
-)
-
 
 def git_revision() -> str:
     """The commit of the hw3 checkout that ran, with '-dirty' for uncommitted changes; 'unknown' without git."""
