@@ -13,6 +13,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
+# metrics.jsonl's contract (README, "The run directory"): at least these keys in every row.
+METRIC_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "batch_size",
+    "epoch_time_s",
+    "images_per_s",
+)
 
 # Tests never reach a network: the Hub and WandB are offline, and accelerate's trackers stay local.
 OFFLINE = {

@@ -1,6 +1,7 @@
 """Real 2-process gloo DDP on the CPU through `accelerate launch` with accelerate_configs/cpu_ddp.yaml."""
 
 import pytest
+import torch
 
 from conftest import RECIPES, ROOT, accelerate_bin, read_metrics, read_summary, run_command, run_subprocess
 
@@ -67,16 +68,36 @@ def test_accuracy_matches_one_process_with_the_same_global_batch(runs):
     assert abs(two[0]["train_loss"] - one[0]["train_loss"]) <= 0.05
 
 
-SAM_ARGS = ["--recipe", RECIPES / "quickstart.yaml", "train.epochs=3", "optim.name=sam", "optim.base=adamw",
-            "sched.name=plateau", "sched.patience=0", "sched.monitor=val_acc",
-            "data.loader=dataloader", "data.num_workers=1"]
+SAM_ARGS = [
+    "--recipe",
+    RECIPES / "quickstart.yaml",
+    "train.epochs=3",
+    "optim.name=sam",
+    "optim.base=adamw",
+    "sched.name=plateau",
+    "sched.patience=0",
+    "sched.monitor=val_acc",
+    "data.loader=dataloader",
+    "data.num_workers=1",
+]
 
 
 @pytest.fixture(scope="module")
 def sam_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp-sam")
-    ddp = run_command([accelerate_bin(), "launch", "--config_file", ROOT / "accelerate_configs" / "cpu_ddp.yaml",
-                       ROOT / "train.py", *SAM_ARGS, f"output_dir={tmp / 'two'}"], cwd=tmp, timeout=400)
+    ddp = run_command(
+        [
+            accelerate_bin(),
+            "launch",
+            "--config_file",
+            ROOT / "accelerate_configs" / "cpu_ddp.yaml",
+            ROOT / "train.py",
+            *SAM_ARGS,
+            f"output_dir={tmp / 'two'}",
+        ],
+        cwd=tmp,
+        timeout=400,
+    )
     assert ddp.code == 0, ddp.err[-3000:]
     return tmp
 
@@ -89,3 +110,29 @@ def test_sam_with_a_dataloader_and_plateau_stays_in_sync_on_two_processes(sam_ru
     assert summary["processes"] == 2 and summary["processes_in_sync"] is True
     two = read_metrics(sam_runs / "two")
     assert len(two) == 3 and two[-1]["train_loss"] < two[0]["train_loss"]
+
+
+def test_two_processes_killed_mid_epoch_resume_bit_for_bit(runs, tmp_path):
+    from safetensors.torch import load_file
+
+    from test_lifecycle import deterministic
+
+    reference = runs[0] / "two"
+    launch = [
+        accelerate_bin(),
+        "launch",
+        "--config_file",
+        ROOT / "accelerate_configs" / "cpu_ddp.yaml",
+        ROOT / "train.py",
+        *ARGS,
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    crashed = run_command(launch, cwd=tmp_path, timeout=400, HW3_CRASH_AT="train_step:30")  # epoch 1 of 4
+    assert crashed.code != 0
+    resumed = run_command(launch, cwd=tmp_path, timeout=400)
+    assert resumed.code == 0, resumed.err[-3000:]
+    assert "resuming from" in resumed.out
+    assert deterministic(read_metrics(tmp_path / "run")) == deterministic(read_metrics(reference))
+    final = "checkpoints/epoch0004-batch000000/model.safetensors"
+    mine, theirs = load_file(str(tmp_path / "run" / final)), load_file(str(reference / final))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)

@@ -10,19 +10,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT, accelerate_bin, read_metrics, read_summary, run_command
-
-METRIC_KEYS = {
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "batch_size",
-    "epoch_time_s",
-    "images_per_s",
-}
+from conftest import METRIC_KEYS, ROOT, accelerate_bin, read_metrics, read_summary, run_command
 
 
 def readme_commands() -> list[str]:
@@ -71,7 +59,7 @@ def test_run_dir_contract(quickstart):
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == list(range(15))
     for row in rows:
-        assert METRIC_KEYS <= set(row)
+        assert set(METRIC_KEYS) <= set(row)
         assert 0.0 <= row["train_acc"] <= 1.0 and 0.0 <= row["val_acc"] <= 1.0
         assert all(math.isfinite(row[k]) for k in ("train_loss", "val_loss", "lr", "images_per_s"))
     summary = read_summary(run_dir)

@@ -1,6 +1,5 @@
 """hw3.optim.schedules: the lr trace of each schedule equals torch's own scheduler's over a short run."""
 
-
 import pytest
 import torch
 
