@@ -113,7 +113,10 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
     )
     if cfg.train.mixed_precision is not None:  # null: keep what `accelerate launch` configured
         kwargs["mixed_precision"] = cfg.train.mixed_precision
-    accelerator = Accelerator(**kwargs)
+    try:
+        accelerator = Accelerator(**kwargs)
+    except ValueError as e:  # e.g. WORLD_SIZE set by hand without the rest of a distributed launch
+        raise UserError(f"accelerate could not start: {str(e).strip().splitlines()[0]}") from None
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         raise UserError(

@@ -47,8 +47,9 @@ def crop_flip(
 ) -> torch.Tensor:
     """Random crop after zero padding, and horizontal flip, for a uint8 batch (N, C, H, W) on any device.
 
-    Both are one choice of source row and column per output pixel, so the flip is folded into the column index
-    and the whole thing is two gathers (rows, then columns): a third of the time of indexing plus torch.where."""
+    Both only choose which source pixel lands where, so they are one gather: the flip folded into the column
+    index, rows and columns into one flat index per image (a quarter of the time of advanced indexing plus a
+    torch.where on a CPU)."""
     crop, mirror = policy in CROPS and padding > 0, policy in FLIPS
     if not (crop or mirror):
         return x
@@ -57,11 +58,12 @@ def crop_flip(
     if pad:
         x = F.pad(x, (pad,) * 4)
     ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-    rows = (dy[:, None] if crop else 0) + ar_h
-    cols = torch.where(flip[:, None], w - 1 - ar_w, ar_w) if mirror else ar_w.expand(n, w)
-    cols = cols + (dx[:, None] if crop else 0)
-    x = x.gather(2, rows.expand(n, h)[:, None, :, None].expand(n, c, h, w + 2 * pad))
-    return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+    rows = (dy[:, None] if crop else 0) + ar_h.expand(n, h)
+    cols = (dx[:, None] if crop else 0) + (
+        torch.where(flip[:, None], w - 1 - ar_w, ar_w) if mirror else ar_w.expand(n, w)
+    )
+    index = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return x.reshape(n, c, -1).gather(2, index).view(n, c, h, w)
 
 
 def auto_augment(name: Optional[str]):

@@ -1,0 +1,93 @@
+"""hw3.engine pieces: gradient accumulation, clipping, the launch guard, SAM momentum across a resume."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hw3.engine
+from conftest import RECIPES, tiny_run
+from hw3.checkpoint import list_checkpoints
+from hw3.config import Config, OptimConfig, TrainConfig
+from hw3.engine import EpochSums, forward_backward, optimizer_step
+from hw3.errors import UserError
+
+QUICK = RECIPES / "quickstart.yaml"
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+
+
+def test_two_accumulated_halves_equal_one_full_batch():
+    x, y = torch.randn(64, 6, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 4
+    full = tiny_run(mlp(), OptimConfig(name="sgd", lr=0.5, momentum=0.0))
+    forward_backward(full, x, y, 1.0, sync=True)
+    optimizer_step(full, EpochSums(torch.device("cpu"), {}))
+    acc = tiny_run(mlp(), OptimConfig(name="sgd", lr=0.5, momentum=0.0), TrainConfig(grad_accum_steps=2))
+    forward_backward(acc, x[:32], y[:32], 0.5, sync=False)
+    forward_backward(acc, x[32:], y[32:], 0.5, sync=True)
+    optimizer_step(acc, EpochSums(torch.device("cpu"), {}))
+    for a, b in zip(full.net.parameters(), acc.net.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_micro_batch_weights_follow_uneven_groups():
+    class FakeData:
+        world, num_train = 1, 100
+
+        def steps(self, batch_size):
+            return 4  # batches of 32, 32, 32, 4
+
+    weights = hw3.engine.micro_batch_weights(FakeData(), 32, 3)
+    assert weights == [pytest.approx(1 / 3)] * 3 + [1.0]
+
+
+def test_clipping_bounds_the_step_and_logs_the_norm_before_clipping():
+    x, y = torch.randn(16, 6), torch.arange(16) % 4
+    r = tiny_run(mlp(), OptimConfig(name="sgd", lr=1.0, momentum=0.0), TrainConfig(max_grad_norm=1e-3))
+    before = torch.cat([p.detach().flatten().clone() for p in r.net.parameters()])
+    sums = EpochSums(torch.device("cpu"), {})
+    forward_backward(r, x, y, 1.0, sync=True)
+    optimizer_step(r, sums)
+    after = torch.cat([p.detach().flatten() for p in r.net.parameters()])
+    assert (after - before).norm() == pytest.approx(1e-3, rel=1e-3)  # lr 1 x clipped norm
+    assert sums.grad_norm.item() > 1e-2  # the logged norm is the one before clipping
+
+
+def test_launched_as_several_processes_that_accelerate_sees_as_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    class Lonely(hw3.engine.Accelerator):
+        def __init__(self, **kwargs):
+            monkeypatch.delenv("WORLD_SIZE")
+            super().__init__(**kwargs)
+            monkeypatch.setenv("WORLD_SIZE", "2")
+
+    monkeypatch.setattr(hw3.engine, "Accelerator", Lonely)
+    with pytest.raises(UserError, match="launched as 2 processes but accelerate sees one"):
+        hw3.engine.make_accelerator(Config(), tmp_path)
+
+
+def test_an_incomplete_distributed_environment_is_a_user_error(monkeypatch, tmp_path):
+    import os
+
+    before = set(os.environ)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="accelerate could not start"):
+        hw3.engine.make_accelerator(Config(), tmp_path)
+    for leaked in set(os.environ) - before - {"WORLD_SIZE"}:  # accelerate exports RANK etc. while failing
+        del os.environ[leaked]
+
+
+def test_sam_momentum_survives_a_resume(train, tmp_path):
+    """Resuming from epoch 1 must give the uninterrupted run's weights: the base optimizer's momentum is saved."""
+    args = ["--recipe", QUICK, "optim.name=sam", "optim.base=sgd", "optim.lr=0.05", "optim.momentum=0.9",
+            "sched.name=step", "train.epochs=3", "train.keep_last=5"]
+    assert train(*args, f"output_dir={tmp_path / 'whole'}").code == 0
+    first = list_checkpoints(tmp_path / "whole")[0]
+    state = torch.load(first / "optimizer.bin", weights_only=True)
+    assert any("momentum_buffer" in s for s in state["state"].values())
+    assert train(*args, f"train.resume={first}", f"output_dir={tmp_path / 'resumed'}").code == 0
+    a = load_file(str(list_checkpoints(tmp_path / "whole")[-1] / "model.safetensors"))
+    b = load_file(str(list_checkpoints(tmp_path / "resumed")[-1] / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
