@@ -1,4 +1,5 @@
 """hw3.engine pieces: gradient accumulation, clipping, the launch guard, SAM momentum across a resume."""
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -81,8 +82,17 @@ def test_an_incomplete_distributed_environment_is_a_user_error(monkeypatch, tmp_
 
 def test_sam_momentum_survives_a_resume(train, tmp_path):
     """Resuming from epoch 1 must give the uninterrupted run's weights: the base optimizer's momentum is saved."""
-    args = ["--recipe", QUICK, "optim.name=sam", "optim.base=sgd", "optim.lr=0.05", "optim.momentum=0.9",
-            "sched.name=step", "train.epochs=3", "train.keep_last=5"]
+    args = [
+        "--recipe",
+        QUICK,
+        "optim.name=sam",
+        "optim.base=sgd",
+        "optim.lr=0.05",
+        "optim.momentum=0.9",
+        "sched.name=step",
+        "train.epochs=3",
+        "train.keep_last=5",
+    ]
     assert train(*args, f"output_dir={tmp_path / 'whole'}").code == 0
     first = list_checkpoints(tmp_path / "whole")[0]
     state = torch.load(first / "optimizer.bin", weights_only=True)
