@@ -220,7 +220,7 @@ def test_a_small_cnn_learns_mnist_5k(tmp_path):
             QUICK,
             "data.name=mnist",
             f"data.root={tmp_path / 'data'}",
-            "train.epochs=10",
+            "train.epochs=15",
             f"output_dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
