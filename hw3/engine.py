@@ -435,10 +435,11 @@ def forward_backward(r: Run, x: torch.Tensor, y: torch.Tensor, weight: float, sy
     if r.mixup is not None:
         x, targets = mix(r, x, y)
     if r.sam is not None:
-        before = [b.clone() for b in bn_buffers(r.net)]
+        bn = bn_buffers(r.net)
+        before = [b.clone() for b in bn]
         with r.accelerator.no_sync(r.model):  # pass 1: this process's own gradient decides its perturbation
             loss, logits = loss_and_backward(r, x, targets, 1.0)
-        with r.sam.perturbed(r.net, before) as keep:  # pass 2 at w + e(w), synchronized
+        with r.sam.perturbed(r.net, bn, before) as keep:  # pass 2 at w + e(w), synchronized
             loss_and_backward(r, x, targets, keep)
         return loss, logits
     with contextlib.nullcontext() if sync else r.accelerator.no_sync(r.model):

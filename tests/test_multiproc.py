@@ -7,6 +7,14 @@ from conftest import RECIPES, ROOT, accelerate_bin, read_metrics, read_summary, 
 
 pytestmark = pytest.mark.multiproc
 
+
+def launch_two(args, run_dir, cwd, **env):
+    """`accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py ARGS output_dir=RUN_DIR`."""
+    config = ROOT / "accelerate_configs" / "cpu_ddp.yaml"
+    cmd = [accelerate_bin(), "launch", "--config_file", config, ROOT / "train.py", *args, f"output_dir={run_dir}"]
+    return run_command(cmd, cwd=cwd, timeout=400, **env)
+
+
 # A step schedule halving the lr every epoch: a prepared StepLR would halve it twice per epoch on 2 processes.
 ARGS = [
     "--recipe",
@@ -22,19 +30,7 @@ ARGS = [
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    ddp = run_command(
-        [
-            accelerate_bin(),
-            "launch",
-            "--config_file",
-            ROOT / "accelerate_configs" / "cpu_ddp.yaml",
-            ROOT / "train.py",
-            *ARGS,
-            f"output_dir={tmp / 'two'}",
-        ],
-        cwd=tmp,
-        timeout=400,
-    )
+    ddp = launch_two(ARGS, tmp / "two", tmp)
     single = run_subprocess([*ARGS, f"output_dir={tmp / 'one'}"], cwd=tmp)
     return tmp, ddp, single
 
@@ -85,19 +81,7 @@ SAM_ARGS = [
 @pytest.fixture(scope="module")
 def sam_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp-sam")
-    ddp = run_command(
-        [
-            accelerate_bin(),
-            "launch",
-            "--config_file",
-            ROOT / "accelerate_configs" / "cpu_ddp.yaml",
-            ROOT / "train.py",
-            *SAM_ARGS,
-            f"output_dir={tmp / 'two'}",
-        ],
-        cwd=tmp,
-        timeout=400,
-    )
+    ddp = launch_two(SAM_ARGS, tmp / "two", tmp)
     assert ddp.code == 0, ddp.err[-3000:]
     return tmp
 
@@ -118,18 +102,9 @@ def test_two_processes_killed_mid_epoch_resume_bit_for_bit(runs, tmp_path):
     from test_lifecycle import deterministic
 
     reference = runs[0] / "two"
-    launch = [
-        accelerate_bin(),
-        "launch",
-        "--config_file",
-        ROOT / "accelerate_configs" / "cpu_ddp.yaml",
-        ROOT / "train.py",
-        *ARGS,
-        f"output_dir={tmp_path / 'run'}",
-    ]
-    crashed = run_command(launch, cwd=tmp_path, timeout=400, HW3_CRASH_AT="train_step:30")  # epoch 1 of 4
+    crashed = launch_two(ARGS, tmp_path / "run", tmp_path, HW3_CRASH_AT="train_step:30")  # epoch 1 of 4
     assert crashed.code != 0
-    resumed = run_command(launch, cwd=tmp_path, timeout=400)
+    resumed = launch_two(ARGS, tmp_path / "run", tmp_path)
     assert resumed.code == 0, resumed.err[-3000:]
     assert "resuming from" in resumed.out
     assert deterministic(read_metrics(tmp_path / "run")) == deterministic(read_metrics(reference))

@@ -218,13 +218,6 @@ def torchvision_split(cls, cfg: DataConfig, folder: str, **kwargs):
         ) from None
 
 
-def _mnist_like(cls, cfg: DataConfig) -> Source:
-    train = torchvision_split(cls, cfg, f"{cls.__name__}/raw", train=True)
-    test = torchvision_split(cls, cfg, f"{cls.__name__}/raw", train=False)
-    splits = [Split(ds.targets.long(), ds.data[:, None].contiguous()) for ds in (train, test)]
-    return Source(splits[0], None, splits[1], list(train.classes), channels=1, augment="crop", crop_padding=2)
-
-
 def _cifar(cls, cfg: DataConfig, folder: str) -> Source:
     splits = []
     for train in (True, False):
@@ -237,7 +230,9 @@ def _cifar(cls, cfg: DataConfig, folder: str) -> Source:
 def mnist(cfg: DataConfig) -> Source:
     from torchvision.datasets import MNIST
 
-    return _mnist_like(MNIST, cfg)
+    splits = [torchvision_split(MNIST, cfg, "MNIST/raw", train=train) for train in (True, False)]
+    train, test = (Split(ds.targets.long(), ds.data[:, None].contiguous()) for ds in splits)
+    return Source(train, None, test, list(splits[0].classes), channels=1, augment="crop", crop_padding=2)
 
 
 @DATASETS.register("cifar10")

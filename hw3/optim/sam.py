@@ -53,12 +53,14 @@ class SAM:
         return torch.where(finite, torch.ones_like(norm), torch.full_like(norm, float("nan")))
 
     @contextmanager
-    def perturbed(self, model: nn.Module, bn_before_pass1: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    def perturbed(
+        self, model: nn.Module, bn: list[torch.Tensor], bn_before_pass1: list[torch.Tensor]
+    ) -> Iterator[torch.Tensor]:
         """Around pass 2: weights at w + e(w) inside, back at w (bit for bit) after, pass-1 gradients cleared.
+        `bn` are the model's BatchNorm buffers, `bn_before_pass1` their copies from before pass 1.
 
         Yields the factor pass 2's loss must be multiplied by (1.0, or NaN to skip the step)."""
         params = [p for p in model.parameters() if p.grad is not None]
-        bn = bn_buffers(model)
         bn_after_pass1 = [b.clone() for b in bn]
         saved = [p.detach().clone() for p in params]
         keep = self.ascent_step(params)
