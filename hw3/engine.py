@@ -614,7 +614,8 @@ def finish_epoch(r: Run, epoch: int, train: dict) -> bool:
         val_acc=raw["acc"],
         **train,
     )
-    extra = dict(ema_val_loss=results[1][1]["loss"], ema_val_acc=results[1][1]["acc"]) if r.ema is not None else {}
+    if r.ema is not None:
+        row.update(ema_val_loss=results[1][1]["loss"], ema_val_acc=results[1][1]["acc"])
     improved = not r.state.best or rank(monitor, val) > tuple(r.state.best["rank"])
     if improved:
         r.state.best = dict(
@@ -627,7 +628,7 @@ def finish_epoch(r: Run, epoch: int, train: dict) -> bool:
     r.state.history.append(row)
     r.state.epoch, r.state.batch, r.state.partial = epoch + 1, 0, {}
     r.state.early_stop, r.state.schedule = r.early_stop.state_dict(), r.schedule.state_dict()
-    r.tracker.epoch(row, extra, improved)
+    r.tracker.epoch(row, improved)
     if row["loss_scale"] is not None and row["loss_scale"] < 1.0:
         r.accelerator.print(
             f"warning: the fp16 loss scale fell to {row['loss_scale']:g}: gradients overflow even "

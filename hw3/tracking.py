@@ -96,16 +96,16 @@ class Tracker:
             f"mixed precision: {acc.mixed_precision}\n\n"
         )
 
-    def epoch(self, row: dict, extra: dict, best: bool) -> None:
+    def epoch(self, row: dict, best: bool) -> None:
         """One finished epoch: a metrics.jsonl line, tracker scalars, a console line."""
         if self.main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
         self.accelerator.log(
-            {k: v for k, v in {**row, **extra}.items() if isinstance(v, (int, float)) and v is not None},
+            {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None},
             step=row["epoch"],
         )
-        self.accelerator.print(console_line(row, extra, best))
+        self.accelerator.print(console_line(row, best))
 
     def summary(self, summary: dict) -> None:
         if self.main:
@@ -116,13 +116,13 @@ class Tracker:
             (self.run_dir / name).write_text(text)
 
 
-def console_line(row: dict, extra: dict, best: bool) -> str:
+def console_line(row: dict, best: bool) -> str:
     line = (
         f"epoch {row['epoch']:>3} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
         f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
     )
-    if "ema_val_acc" in extra:
-        line += f" (ema {extra['ema_val_acc']:.2%})"
+    if "ema_val_acc" in row:
+        line += f" (ema {row['ema_val_acc']:.2%})"
     line += (
         f" | lr {row['lr']:.2e} | bs {row['batch_size']} | {row['images_per_s']:,.0f} img/s | "
         f"{row['epoch_time_s']:.1f}s"

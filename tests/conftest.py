@@ -1,70 +1,10 @@
-"""Shared helpers: run the real CLI in-process (fast) or as a subprocess (exit codes, signals, launchers)."""
+"""Fixtures shared by every test module; plain helpers are in helpers.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
-# metrics.jsonl's contract (README, "The run directory"): at least these keys in every row.
-METRIC_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "batch_size",
-    "epoch_time_s",
-    "images_per_s",
-)
-
-# Tests never reach a network: the Hub and WandB are offline, and accelerate's trackers stay local.
-OFFLINE = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "offline",
-    "WANDB_SILENT": "true",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONUNBUFFERED": "1",
-}
-os.environ.update(OFFLINE)
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def child_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-    env.update(OFFLINE, PYTHONPATH=str(ROOT), **extra)
-    return env
-
-
-def run_command(cmd, cwd: Path, timeout: float = 300, **env) -> Result:
-    p = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=child_env(**env)
-    )
-    return Result(p.returncode, p.stdout, p.stderr)
-
-
-def run_subprocess(args, cwd: Path, timeout: float = 300, **env) -> Result:
-    """`python train.py ARGS` in a fresh process."""
-    return run_command([sys.executable, ROOT / "train.py", *args], cwd, timeout, **env)
-
-
-def accelerate_bin() -> str:
-    return str(Path(sys.executable).with_name("accelerate"))
+from helpers import Result
 
 
 @pytest.fixture
@@ -78,57 +18,6 @@ def train(capsys):
         return Result(code, captured.out, captured.err)
 
     return _train
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def read_summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
-    """An engine Run around `model` with just what a training step touches (no data, no run dir), so a test can
-    drive hw3.engine.forward_backward / optimizer_step directly. `scaler_scale` switches on accelerate's fp16
-    GradScaler path on the CPU (accelerate itself only enables it with CUDA)."""
-    import torch
-    from accelerate import Accelerator
-
-    from hw3.checkpoint import TrainState
-    from hw3.config import Config, OptimConfig, TrainConfig
-    from hw3.engine import Run, make_loss
-    from hw3.optim import OPTIMIZERS
-    from hw3.optim.sam import SAM
-
-    cfg = Config(optim=optim_cfg or OptimConfig(name="sgd", lr=0.1, momentum=0.0), train=train_cfg or TrainConfig())
-    acc = Accelerator(cpu=True)
-    if scaler_scale is not None:
-        acc.scaler = torch.amp.GradScaler("cpu", init_scale=scaler_scale)
-    optimizer = OPTIMIZERS.get(cfg.optim.name)(cfg.optim, model)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]
-    prepared, optimizer = acc.prepare(model, optimizer)
-    if scaler_scale is not None:  # after prepare: loss scaling and unscaling on, but fp32 compute (no autocast)
-        acc.native_amp = True
-        acc.state._mixed_precision = "fp16"
-    sam = SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None
-    return Run(
-        cfg,
-        acc,
-        None,
-        None,
-        prepared,
-        acc.unwrap_model(prepared),
-        optimizer,
-        None,
-        TrainState(),
-        None,
-        {},
-        None,
-        make_loss(cfg.train),
-        sam,
-    )
 
 
 @pytest.fixture(autouse=True)

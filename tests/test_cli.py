@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from conftest import RECIPES, ROOT, run_subprocess
+from helpers import RECIPES, ROOT, run_subprocess
 
 QUICK = str(RECIPES / "quickstart.yaml")
 

@@ -7,7 +7,7 @@ import yaml
 
 from hw3.config import Config, all_keys, build, flatten, load_config, parse_yaml, to_yaml
 from hw3.errors import UserError
-from conftest import RECIPES
+from helpers import RECIPES
 
 
 def test_defaults_round_trip_through_yaml():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import RECIPES, ROOT, read_metrics, run_subprocess
+from helpers import RECIPES, ROOT, read_metrics, run_subprocess
 from hw3.checkpoint import list_checkpoints
 from test_lifecycle import RICH, deterministic
 

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 import hw3.engine
-from conftest import RECIPES, tiny_run
+from helpers import RECIPES, tiny_run
 from hw3.checkpoint import list_checkpoints
 from hw3.config import Config, OptimConfig, TrainConfig
 from hw3.engine import EpochSums, forward_backward, optimizer_step

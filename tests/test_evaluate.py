@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import RECIPES, read_summary
+from helpers import RECIPES, read_summary
 from hw3.evaluate import main as evaluate_main
 from hw3.report import main as report_main
 

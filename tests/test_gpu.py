@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import RECIPES, read_metrics, read_summary
+from helpers import RECIPES, read_metrics, read_summary
 
 pytestmark = pytest.mark.gpu
 QUICK = RECIPES / "quickstart.yaml"
@@ -36,5 +36,5 @@ def test_device_path_on_the_gpu_matches_the_cpu():
     spec = InputSpec(32, 3, [0.5] * 3, [0.25] * 3)
     cpu = Data(DataConfig(name="synthetic", loader="device"), src, spec, torch.device("cpu"), 1, 0, 0)
     gpu = Data(DataConfig(name="synthetic", loader="device"), src, spec, torch.device("cuda"), 1, 0, 0)
-    for (a, _), (b, _) in zip(cpu.train_batches(3, 64), gpu.train_batches(3, 64)):
+    for (a, _), (b, _) in zip(cpu.train_batches(3, 64), gpu.train_batches(3, 64), strict=True):
         assert torch.allclose(a, b.cpu(), atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import hw3.engine
-from conftest import METRIC_KEYS, RECIPES, ROOT, read_metrics, read_summary, run_subprocess
+from helpers import METRIC_KEYS, RECIPES, ROOT, read_metrics, read_summary, run_subprocess
 from hw3.checkpoint import list_checkpoints
 
 QUICK = RECIPES / "quickstart.yaml"
@@ -96,11 +96,10 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(uninterrupted, tmp_path
     assert_same_run(uninterrupted, tmp_path / "run")
 
 
-def test_batch_size_schedule_and_lr_scaling_show_in_metrics(uninterrupted):
+def test_the_rich_run_logs_its_batch_sizes(uninterrupted):
+    # The exact lr under batch-size schedules and plateau cuts is checked in test_decisions.py.
     rows = read_metrics(uninterrupted)
     assert [r["batch_size"] for r in rows] == [32, 32, 64, 64]
-    # plateau factors aside, the lr jumps by sqrt(64/32) when the batch doubles
-    assert rows[2]["lr"] / rows[1]["lr"] in (pytest.approx(math.sqrt(2)), pytest.approx(math.sqrt(2) * 0.1))
 
 
 def test_early_stopping_fires_on_time_and_keeps_the_best(train, tmp_path):
@@ -145,7 +144,12 @@ def test_ema_is_evaluated_checkpointed_and_eligible(train, tmp_path):
     assert result.code == 0, result.err
     assert "(ema " in result.out
     assert (list_checkpoints(tmp_path / "run")[-1] / "ema.safetensors").is_file()
-    assert read_summary(tmp_path / "run")["best_source"] in ("model", "ema")
+    # which of the two becomes the best is checked with scripted results in test_decisions.py; here the run's
+    # own numbers: the summary names the source whose validation accuracy was the best of the run
+    rows, summary = read_metrics(tmp_path / "run"), read_summary(tmp_path / "run")
+    best_row = rows[summary["best_epoch"]]
+    key = "val_acc" if summary["best_source"] == "model" else "ema_val_acc"
+    assert summary["best_val_acc"] == best_row[key] == max(max(r["val_acc"], r["ema_val_acc"]) for r in rows)
 
 
 def test_mixup_cutmix_and_label_smoothing_train(train, tmp_path):

@@ -8,7 +8,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import RECIPES, read_summary
+from helpers import RECIPES, read_summary
 from hw3 import load_model
 from hw3.config import ModelConfig
 from hw3.errors import UserError

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import RECIPES, ROOT, accelerate_bin, read_metrics, read_summary, run_command, run_subprocess
+from helpers import RECIPES, ROOT, accelerate_bin, read_metrics, read_summary, run_command, run_subprocess
 
 pytestmark = pytest.mark.multiproc
 
@@ -111,3 +111,13 @@ def test_two_processes_killed_mid_epoch_resume_bit_for_bit(runs, tmp_path):
     final = "checkpoints/epoch0004-batch000000/model.safetensors"
     mine, theirs = load_file(str(tmp_path / "run" / final)), load_file(str(reference / final))
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_sam_pass_one_is_per_process_and_pass_two_is_synchronized(tmp_path):
+    """tests/ddp_sam_step.py checks one engine SAM step on each of 2 processes against a per-process reference."""
+    config = ROOT / "accelerate_configs" / "cpu_ddp.yaml"
+    script = ROOT / "tests" / "ddp_sam_step.py"
+    result = run_command([accelerate_bin(), "launch", "--config_file", config, script], cwd=tmp_path, timeout=300)
+    assert result.code == 0, result.out[-2000:] + result.err[-3000:]
+    lines = sorted(line for line in result.out.splitlines() if line.startswith("rank "))
+    assert lines == [f"rank {r}: SAM step matches the per-process reference" for r in (0, 1)]

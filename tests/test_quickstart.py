@@ -10,7 +10,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import METRIC_KEYS, ROOT, accelerate_bin, read_metrics, read_summary, run_command
+from helpers import METRIC_KEYS, ROOT, accelerate_bin, read_metrics, read_summary, run_command
 
 
 def readme_commands() -> list[str]:
@@ -37,13 +37,16 @@ def test_readme_opens_with_exactly_two_commands():
     assert "pip install -e '.[test]'" in commands[1] and commands[1].endswith("pytest")
 
 
-def test_quickstart_reaches_its_bar_quickly(quickstart):
+def test_quickstart_reaches_the_readmes_figures(quickstart):
+    """The README promises 99.2% test accuracy, about 3 s of training and 15 s with start-up on 2 cores. The bars
+    leave room for 2 of the 359 test images and for a loaded machine (2x), no more."""
     result, run_dir, seconds = quickstart
     assert result.code == 0, result.err[-3000:]
     summary = read_summary(run_dir)
-    assert summary["test_acc"] >= 0.95
-    assert seconds < 120
-    assert "test: acc" in result.out
+    assert summary["test_acc"] >= 0.985
+    assert f"test: acc {summary['test_acc']:.2%}" in result.out
+    assert summary["wall_time_s"] < 6
+    assert seconds < 30
 
 
 def test_run_dir_contract(quickstart):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import RECIPES, read_metrics, read_summary
+from helpers import RECIPES, read_metrics, read_summary
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))

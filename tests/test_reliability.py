@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 
 import hw3.engine
-from conftest import RECIPES, read_summary, tiny_run
+from helpers import RECIPES, read_summary, tiny_run
 from hw3.checkpoint import list_checkpoints
 from hw3.config import OptimConfig, TrainConfig
 

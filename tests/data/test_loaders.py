@@ -31,7 +31,7 @@ def test_device_path_and_dataloader_path_give_identical_batches():
     src = cifar_like()
     device, loader = make(src, "device"), make(src, "dataloader")
     assert device.on_device and not loader.on_device
-    for (xa, ya), (xb, yb) in zip(batches(device), batches(loader)):
+    for (xa, ya), (xb, yb) in zip(batches(device), batches(loader), strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -42,14 +42,14 @@ def test_dataloader_workers_do_not_change_the_batches():
     dl = data.loaders["train"].loader
     assert dl.num_workers == 2 and dl.persistent_workers and dl.prefetch_factor == 3 and not dl.pin_memory
     for _ in range(2):  # twice through the same persistent workers
-        for (xa, _), (xb, _) in zip(batches(data), batches(make(src, "device"))):
+        for (xa, _), (xb, _) in zip(batches(data), batches(make(src, "device")), strict=True):
             assert torch.equal(xa, xb)
 
 
 def test_epochs_differ_and_seeds_reproduce():
     src = cifar_like()
     a, b = make(src, "device", seed=3), make(src, "device", seed=3)
-    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(batches(a, 1), batches(b, 1)))
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(batches(a, 1), batches(b, 1), strict=True))
     assert not torch.equal(batches(a, 1)[0][0], batches(a, 2)[0][0])
 
 
@@ -58,7 +58,7 @@ def test_mid_epoch_start_equals_the_rest_of_the_epoch():
         data = make(cifar_like(), loader)
         whole, tail = batches(data, 4), batches(data, 4, start=3)
         assert len(tail) == len(whole) - 3
-        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(whole[3:], tail))
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(whole[3:], tail, strict=True))
 
 
 def test_two_processes_split_each_global_batch():

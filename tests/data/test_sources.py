@@ -5,7 +5,7 @@ import json
 import pytest
 import torchvision
 
-from conftest import RECIPES, read_metrics, read_summary, run_subprocess
+from helpers import RECIPES, read_metrics, read_summary, run_subprocess
 from formats import patch_cifar_checksums, write_cifar, write_hub_parquet, write_imagefolder, write_mnist, write_pets
 from hw3.config import DataConfig
 from hw3.data.sources import hold_out, load_source, Split

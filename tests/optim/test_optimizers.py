@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import RECIPES, read_summary
+from helpers import RECIPES, read_metrics, read_summary
 from hw3.config import OptimConfig
 from hw3.models import build_model
 from hw3.config import ModelConfig
@@ -11,33 +11,91 @@ from hw3.optim import OPTIMIZERS, routing_table
 
 QUICK = RECIPES / "quickstart.yaml"
 
+# Test accuracy (of 359 digits) after 8 epochs, measured on a 2-core AMD EPYC with torch 2.14.1; each bar is about
+# 4 images below it. A mis-wired optimizer falls well under: SGD without its momentum reached 96.4%, below the
+# 97.5% bar of SGD with momentum.
 OPTIMIZER_RUNS = {
-    "sgd": ["optim.name=sgd", "optim.lr=0.05", "optim.momentum=0.9"],
-    "sgd-plain": ["optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.0"],
-    "adam": ["optim.name=adam", "optim.lr=2e-3"],
-    "adamw": ["optim.name=adamw"],
-    "sam": ["optim.name=sam", "optim.base=sgd", "optim.lr=0.05", "optim.rho=0.05"],
-    "asam": ["optim.name=sam", "optim.base=sgd", "optim.lr=0.05", "optim.adaptive=true", "optim.rho=0.5"],
-    "sam-bf16": ["optim.name=sam", "optim.base=adamw", "train.mixed_precision=bf16"],
-    "muon": ["optim.name=muon", "optim.lr=3e-3"],
-    "sam-muon": ["optim.name=sam", "optim.base=muon", "optim.lr=3e-3"],
+    "sgd": (["optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.9"], 0.975),  # reached 98.6%
+    "sgd-plain": (["optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.0"], 0.955),  # 96.4%
+    "adam": (["optim.name=adam", "optim.lr=2e-3"], 0.978),  # 98.9%
+    "adamw": (["optim.name=adamw"], 0.978),  # 98.9%
+    "sam": (["optim.name=sam", "optim.base=sgd", "optim.lr=0.01", "optim.rho=0.05"], 0.975),  # 98.6%
+    "asam": (["optim.name=sam", "optim.base=sgd", "optim.lr=0.02", "optim.adaptive=true", "optim.rho=0.5"], 0.975),
+    "sam-bf16": (["optim.name=sam", "optim.base=adamw", "train.mixed_precision=bf16"], 0.978),  # 98.9%
+    "muon": (["optim.name=muon", "optim.lr=3e-3"], 0.98),  # 99.2%
+    "sam-muon": (["optim.name=sam", "optim.base=muon", "optim.lr=3e-3"], 0.983),  # 99.4%
 }
+STEPS, EPOCHS = 21, 8  # 1,294 training digits at batch 64
+
+
+def sequential_cosine(o):
+    warmup = STEPS + STEPS // 2  # 1.5 epochs
+    return torch.optim.lr_scheduler.SequentialLR(
+        o,
+        [
+            torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=STEPS * EPOCHS - warmup),
+        ],
+        milestones=[warmup],
+    )
+
+
+# name: (overrides, accuracy bar, torch's own scheduler for the same settings, stepped per epoch or per step).
+# Plateau depends on validation results: its lr is checked with scripted ones in test_decisions.py.
 SCHEDULE_RUNS = {
-    "none": ["sched.name=none", "optim.lr=1e-3"],
-    "step": ["sched.name=step", "sched.step_size=5", "sched.gamma=0.3"],
-    "multistep": ["sched.name=multistep", "sched.milestones=[6, 10]"],
-    "plateau": ["sched.name=plateau", "sched.patience=1", "sched.gamma=0.5"],
-    "cosine": ["sched.name=cosine", "sched.warmup_epochs=1.5"],
-    "onecycle": ["sched.name=onecycle"],
+    "none": (["sched.name=none", "optim.lr=1e-3"], 0.98, lambda o: torch.optim.lr_scheduler.ConstantLR(o, 1.0), 1),
+    "step": (
+        ["sched.name=step", "sched.step_size=5", "sched.gamma=0.3"],
+        0.98,
+        lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=5, gamma=0.3),
+        STEPS,
+    ),
+    "multistep": (
+        ["sched.name=multistep", "sched.milestones=[6, 10]"],
+        0.98,
+        lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[6, 10]),
+        STEPS,
+    ),
+    "plateau": (["sched.name=plateau", "sched.patience=1", "sched.gamma=0.5"], 0.98, None, None),
+    "cosine": (["sched.name=cosine", "sched.warmup_epochs=1.5"], 0.978, sequential_cosine, 1),
+    "onecycle": (
+        ["sched.name=onecycle"],
+        0.98,
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=3e-3, total_steps=STEPS * EPOCHS, cycle_momentum=False),
+        1,
+    ),
 }
+
+
+def torch_lr_at_epoch_ends(make, every: int, lr: float) -> list[float]:
+    """The lr torch's scheduler gives the last optimizer step of each epoch (what metrics.jsonl logs)."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make(opt)
+    lrs = []
+    for step in range(STEPS * EPOCHS):
+        if (step + 1) % STEPS == 0:
+            lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if (step + 1) % every == 0:
+            sched.step()
+    return lrs
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZER_RUNS) + [f"sched-{s}" for s in SCHEDULE_RUNS])
-def test_trains_the_quickstart_to_90_percent(train, tmp_path, name):
-    overrides = OPTIMIZER_RUNS.get(name) or SCHEDULE_RUNS[name.removeprefix("sched-")]
-    result = train("--recipe", QUICK, "train.epochs=8", "log.trackers=[]", *overrides, f"output_dir={tmp_path / 'run'}")
+def test_trains_the_quickstart_to_its_bar(train, tmp_path, name):
+    if name.startswith("sched-"):
+        overrides, bar, make, every = SCHEDULE_RUNS[name.removeprefix("sched-")]
+    else:
+        (overrides, bar), make = OPTIMIZER_RUNS[name], None
+    result = train(
+        "--recipe", QUICK, f"train.epochs={EPOCHS}", "log.trackers=[]", *overrides, f"output_dir={tmp_path / 'run'}"
+    )
     assert result.code == 0, result.err
-    assert read_summary(tmp_path / "run")["test_acc"] >= 0.90
+    assert read_summary(tmp_path / "run")["test_acc"] >= bar
+    if make is not None:
+        lr = 1e-3 if name == "sched-none" else 3e-3
+        logged = [r["lr"] for r in read_metrics(tmp_path / "run")]
+        assert logged == pytest.approx(torch_lr_at_epoch_ends(make, every, lr), rel=1e-9, abs=1e-12)
 
 
 def test_muon_routes_stem_head_and_1d_tensors_to_adamw_on_resnet18():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_run
+from helpers import tiny_run
 from hw3.config import OptimConfig
 from hw3.engine import EpochSums, forward_backward, optimizer_step
 from hw3.optim.sam import bn_buffers
