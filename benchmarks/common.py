@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from hw3.build import build_run, make_accelerator
 from hw3.config import load_config
-from hw3.engine import build_run, make_accelerator, train_one_epoch
+from hw3.loop import train_one_epoch
 
 
 def hw3_run(overrides: list[str], run_dir: Path | None = None):
@@ -20,7 +21,7 @@ def hw3_run(overrides: list[str], run_dir: Path | None = None):
     )
     accelerator = make_accelerator(cfg, run_dir)
     torch.manual_seed(cfg.seed)
-    return build_run(cfg, accelerator, run_dir, None, False)
+    return build_run(cfg, accelerator, run_dir)
 
 
 def sync(device) -> None:
@@ -29,8 +30,9 @@ def sync(device) -> None:
 
 
 def time_hw3_epoch(r, epoch: int) -> float:
-    """Seconds for one training epoch through hw3.engine.train_one_epoch (what train.py runs)."""
-    r.state.batch, r.state.partial = 0, {}
+    """Seconds for one training epoch through hw3.loop.train_one_epoch (what train.py runs)."""
+    r.state.batch = 0
+    r.sums.reset()
     sync(r.accelerator.device)
     start = time.perf_counter()
     train_one_epoch(r, epoch, r.cfg.train.batch_size)

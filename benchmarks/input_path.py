@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 import torch
+from common import median, sync
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common import median, sync
 from hw3.config import DataConfig
 from hw3.data import Data, InputSpec
 from hw3.data.sources import Source, Split
@@ -60,7 +60,7 @@ def torchvision_loader(images, labels, batch, workers, resize):
 def time_epoch(batches, device) -> float:
     sync(device)
     start = time.perf_counter()
-    for x, y in batches:
+    for x, _ in batches:
         x = x.to(device, non_blocking=True)
     sync(device)
     return time.perf_counter() - start

@@ -15,8 +15,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from common import hw3_run, median, sync, time_hw3_epoch
+
 from hw3.models import build_model
 
 
@@ -78,12 +78,12 @@ def main() -> None:
     ours, theirs = [], []
     for round_ in range(args.rounds):  # pairs close in time, the order alternating (A B, B A, ...)
         pair = [
-            lambda: ours.append(time_hw3_epoch(r, round_ + 1)),
+            lambda round_=round_: ours.append(time_hw3_epoch(r, round_ + 1)),
             lambda: theirs.append(time_raw_epoch(*raw, r.data.stage, args.batch_size)),
         ]
         for run in pair if round_ % 2 == 0 else pair[::-1]:
             run()
-    ratios = sorted(t / o for o, t in zip(ours, theirs))
+    ratios = sorted(t / o for o, t in zip(ours, theirs, strict=True))
     print(
         f"device {r.accelerator.device}, {args.model} at {args.image_size}px, batch {args.batch_size}, "
         f"{args.steps} steps per epoch, {args.rounds} paired epochs"

@@ -32,21 +32,27 @@ def main() -> None:
         "optim.lr=0.01",
         "train.epochs=1000",
     ]
-    runs = {name: hw3_run([*common, *extra]) for name, extra in (("sgd", ["optim.name=sgd"]), ("sam", ["optim.name=sam"]))}
+    runs = {
+        name: hw3_run([*common, *extra]) for name, extra in (("sgd", ["optim.name=sgd"]), ("sam", ["optim.name=sam"]))
+    }
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, r in runs.items():
+    for r in runs.values():
         time_hw3_epoch(r, 0)  # warm-up
     for round_ in range(args.rounds):  # pairs close in time, the order alternating
         order = list(runs) if round_ % 2 == 0 else list(runs)[::-1]
         for name in order:
             times[name].append(time_hw3_epoch(runs[name], round_ + 1))
-    ratios = sorted(a / b for a, b in zip(times["sam"], times["sgd"]))
+    ratios = sorted(a / b for a, b in zip(times["sam"], times["sgd"], strict=True))
     device = runs["sgd"].accelerator.device
-    print(f"device {device}, {args.model} at {args.image_size}px, batch {args.batch_size}, {args.steps} steps per epoch")
+    print(
+        f"device {device}, {args.model} at {args.image_size}px, batch {args.batch_size}, {args.steps} steps per epoch"
+    )
     for name in runs:
         print(f"{name}: {n / median(times[name]):,.0f} img/s (median of {args.rounds} epochs)")
-    print(f"SAM step / SGD step: {median(ratios):.2f}x (median of paired ratios; quartiles "
-          f"{ratios[len(ratios) // 4]:.2f}-{ratios[3 * len(ratios) // 4]:.2f})")
+    print(
+        f"SAM step / SGD step: {median(ratios):.2f}x (median of paired ratios; quartiles "
+        f"{ratios[len(ratios) // 4]:.2f}-{ratios[3 * len(ratios) // 4]:.2f})"
+    )
 
 
 if __name__ == "__main__":

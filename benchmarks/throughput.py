@@ -1,4 +1,4 @@
-"""Training throughput of hw3 itself (hw3.engine.train_one_epoch) for one model/precision/layout setting, on
+"""Training throughput of hw3 itself (hw3.loop.train_one_epoch) for one model/precision/layout setting, on
 synthetic CIFAR-shaped data held on the device; used by gpu.sh.
 
     python benchmarks/throughput.py --model resnet18 --image-size 32 --batch-size 512 --precision bf16 \
@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import hw3_run, median, time_hw3_epoch
+
+from hw3.config import DataConfig
 from hw3.data import Data, InputSpec
 from hw3.data.sources import synthetic
-from hw3.config import DataConfig
 
 # Dense bf16 tensor-core peaks (NVIDIA datasheets), TFLOP/s.
 PEAKS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0}

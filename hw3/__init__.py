@@ -3,8 +3,10 @@
 __version__ = "0.1.0"
 
 
-def load_model(path: str, device: str = "cpu"):
-    """Rebuild a trained model: `hw3.load_model("runs/quickstart")` (see hw3.models.load_model)."""
-    from hw3.models import load_model as _load
+def __getattr__(name: str):
+    """`hw3.load_model("runs/quickstart")` (hw3.models.load_model), imported on first use: `import hw3` stays light."""
+    if name == "load_model":
+        from hw3.models import load_model
 
-    return _load(path, device)
+        return load_model
+    raise AttributeError(f"module 'hw3' has no attribute {name!r}")

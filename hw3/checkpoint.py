@@ -22,10 +22,12 @@ from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from hw3.config import TrainConfig
 from hw3.errors import UserError
 from hw3.faults import crash_point
+from hw3.monitor import Monitor
 
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
@@ -34,22 +36,51 @@ NAME = re.compile(r"^epoch(\d{4,})-batch(\d{6,})$")
 
 @dataclass
 class TrainState:
-    """Everything besides tensors that a resumed run needs to continue exactly (saved as JSON)."""
+    """Where the run stands: the counters and the history a resumed run continues from (saved as JSON)."""
 
     epoch: int = 0  # epoch in progress (0-based)
     batch: int = 0  # batches of that epoch already trained (> 0 only for a mid-epoch checkpoint)
-    step: int = 0  # optimizer steps taken
-    bad_in_row: int = 0  # consecutive non-finite steps
-    skipped_steps: int = 0  # non-finite steps skipped so far
+    step: int = 0  # optimizer steps taken (skipped ones included)
+    skipped_steps: int = 0  # non-finite steps skipped in finished epochs
     wall_time_s: float = 0.0  # time spent in earlier sessions
-    partial: dict = field(default_factory=dict)  # sums of the epoch in progress (mid-epoch checkpoint)
     history: list = field(default_factory=list)  # one metrics row per finished epoch
-    best: dict = field(default_factory=dict)  # value, epoch, source (model or ema), val_acc, val_loss
-    early_stop: dict = field(default_factory=dict)
-    schedule: dict = field(default_factory=dict)
     stopped: Optional[str] = None  # why training ended before train.epochs
     world_size: int = 1
     wandb_id: Optional[str] = None
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class BestWeights:
+    """The best validation result so far (model or EMA, ranked by the early-stopping monitor) and its weights,
+    kept in best/ outside the rolling checkpoints."""
+
+    def __init__(self, run_dir: Path, card: dict, monitor: Monitor, writer: bool):
+        self.run_dir, self.card, self.monitor, self.writer = run_dir, card, monitor, writer
+        self.epoch: Optional[int] = None
+        self.source: Optional[str] = None  # "model" or "ema"
+        self.metrics: Optional[dict] = None  # {"acc", "loss"} of the best validation
+
+    def offer(self, epoch: int, results: list[tuple[str, dict, nn.Module]]) -> bool:
+        """Keep this epoch's best of (source, metrics, module) if it ranks above the best so far."""
+        source, metrics, module = max(results, key=lambda result: self.monitor.rank(result[1]))
+        if self.metrics is not None and self.monitor.rank(metrics) <= self.monitor.rank(self.metrics):
+            return False
+        self.epoch, self.source, self.metrics = epoch, source, dict(acc=metrics["acc"], loss=metrics["loss"])
+        if self.writer:
+            save_best(self.run_dir, module.state_dict(), self.card, self.state_dict())
+        return True
+
+    def state_dict(self) -> dict:
+        return dict(epoch=self.epoch, source=self.source, metrics=self.metrics)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.source, self.metrics = state["epoch"], state["source"], state["metrics"]
 
 
 def checkpoint_name(epoch: int, batch: int) -> str:
@@ -131,24 +162,23 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def state_json(state: TrainState) -> bytes:
-    return json.dumps(dataclasses.asdict(state), indent=1).encode()
-
-
-def save_checkpoint(accelerator, run_dir: Path, state: TrainState, ema, keep_last: int) -> Path:
-    """Full training state (accelerate: model, optimizer, scaler, RNG of every process; hw3: the rest)."""
+def save_checkpoint(accelerator, run_dir: Path, components: dict, ema, keep_last: int) -> Path:
+    """Full training state: accelerate's (model, optimizer, scaler, RNG of every process), the EMA's weights and
+    every other component's state_dict() (components["train"] is the TrainState that names the folder)."""
+    state = components["train"]
     name = checkpoint_name(state.epoch, state.batch)
     final = run_dir / "checkpoints" / name
     tmp = final.with_name(f".tmp-{name}")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
+    saved = {key: component.state_dict() for key, component in components.items()}  # on every process (reads)
     try:
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             if ema is not None:
                 save_file(ema.module.state_dict(), str(tmp / EMA_FILE))
-            write_atomic(tmp / STATE_FILE, state_json(state))
+            write_atomic(tmp / STATE_FILE, json.dumps(saved, indent=1).encode())
         accelerator.wait_for_everyone()
         crash_point("checkpoint_save")
         if accelerator.is_main_process:
@@ -179,16 +209,32 @@ def prune(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(accelerator, path: Path, ema) -> TrainState:
-    state = TrainState(**json.loads((path / STATE_FILE).read_text()))
-    if state.world_size != accelerator.num_processes:
+def read_state(path: Path) -> dict:
+    """The components' states saved in checkpoint `path`."""
+    try:
+        saved = json.loads((path / STATE_FILE).read_text())
+        saved["train"]["world_size"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(
-            f"train.resume: {path} was written by {state.world_size} process(es); resume it with "
+            f"train.resume: {path / STATE_FILE} is not a checkpoint state of this hw3 version ({e})"
+        ) from None
+    return saved
+
+
+def load_checkpoint(accelerator, path: Path, components: dict, ema) -> None:
+    """Restore accelerate's state, the EMA and every component from checkpoint `path`."""
+    saved = read_state(path)
+    if saved["train"]["world_size"] != accelerator.num_processes:
+        raise UserError(
+            f"train.resume: {path} was written by {saved['train']['world_size']} process(es); resume it with "
             f"the same number (this run has {accelerator.num_processes})"
         )
     rng = path / f"random_states_{accelerator.process_index}.pkl"
     if not rng.is_file():  # accelerate would silently continue without restoring the RNG
         raise UserError(f"train.resume: {path} lacks {rng.name}; it is incomplete")
+    missing = sorted(set(components) - set(saved))
+    if missing:
+        raise UserError(f"train.resume: {path} has no saved state for {', '.join(missing)} (another hw3 version?)")
     try:
         accelerator.load_state(str(path))
         if ema is not None:
@@ -203,7 +249,8 @@ def load_checkpoint(accelerator, path: Path, ema) -> TrainState:
             f"train.resume: {path} does not match this recipe's model/optimizer "
             f"({str(e).strip().splitlines()[0][:200]})"
         ) from None
-    return state
+    for key, component in components.items():
+        component.load_state_dict(saved[key])
 
 
 def save_best(run_dir: Path, weights: dict[str, torch.Tensor], card: dict, meta: dict) -> None:

@@ -14,7 +14,7 @@ class Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_train_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = Parser(
         prog="train.py",
         description="Train an image classifier from a YAML recipe.",
@@ -28,16 +28,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        args = parse_args(argv)
+        args = parse_train_args(argv)
         from hw3.config import load_config, to_yaml
 
         cfg = load_config(args.recipe, args.overrides)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        from hw3.engine import run
+        from hw3.session import train_recipe
 
-        return run(cfg, args.recipe)
+        return train_recipe(cfg, args.recipe)
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2

@@ -5,31 +5,27 @@ from __future__ import annotations
 from typing import Optional
 
 from hw3.config import EarlyStopConfig
-
-
-def better(monitor: str, value: float, than: Optional[float], margin: float = 0.0) -> bool:
-    """Is `value` an improvement on `than` by more than `margin`? val_loss goes down, val_acc up."""
-    if than is None:
-        return True
-    return value < than - margin if monitor == "val_loss" else value > than + margin
+from hw3.monitor import Monitor
 
 
 class EarlyStopping:
     def __init__(self, cfg: EarlyStopConfig):
-        self.cfg = cfg
+        self.monitor = Monitor(cfg.monitor)
+        self.patience, self.min_delta, self.warmup_epochs = cfg.patience, cfg.min_delta, cfg.warmup_epochs
         self.best: Optional[float] = None
         self.bad_epochs = 0  # epochs since the last improvement by more than min_delta
 
-    def should_stop(self, epoch: int, value: float) -> bool:
-        """Record epoch `epoch`'s metric (the same on every process); True when patience has run out."""
-        if better(self.cfg.monitor, value, self.best, self.cfg.min_delta):
+    def should_stop(self, epoch: int, metrics: dict) -> bool:
+        """Record epoch `epoch`'s results (the same on every process); True when patience has run out."""
+        value = self.monitor.value(metrics)
+        if self.monitor.better(value, self.best, self.min_delta):
             self.best, self.bad_epochs = value, 0
-        elif epoch >= self.cfg.warmup_epochs:
+        elif epoch >= self.warmup_epochs:
             self.bad_epochs += 1
-        return self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience
+        return self.patience is not None and self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:
         return dict(best=self.best, bad_epochs=self.bad_epochs)
 
     def load_state_dict(self, state: dict) -> None:
-        self.best, self.bad_epochs = state.get("best"), state.get("bad_epochs", 0)
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]

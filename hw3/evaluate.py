@@ -2,7 +2,7 @@
 
     python -m hw3.evaluate RUN_DIR [--split test|val] [--checkpoint best|last|PATH] [--device cpu] [key=value ...]
 
-Writes `eval/<split>-<checkpoint>/` into the run dir: metrics.json (top-1, top-5, loss, count), per_class.csv,
+Writes `eval/<split>-<checkpoint>/` into the run dir: metrics.json (acc (top-1), top5_acc, loss, count), per_class.csv,
 confusion.csv (rows: true class, columns: predicted) and confusion.png. Works on the CPU for a run trained on
 GPUs; `key=value` overrides apply to the run's config.yaml (e.g. data.root=/elsewhere).
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from hw3.checkpoint import list_checkpoints
 from hw3.cli import Parser, one_line
@@ -26,7 +25,7 @@ from hw3.errors import UserError
 from hw3.models import model_from_card
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_evaluate_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = Parser(prog="python -m hw3.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a run directory (runs/<recipe>)")
     p.add_argument("--split", default="test", choices=["test", "val"])
@@ -56,31 +55,7 @@ def find_weights(run_dir: Path, checkpoint: str) -> tuple[Path, dict]:
     return path, json.loads(card_file.read_text())
 
 
-@torch.no_grad()
-def predict(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
-    logits, labels = [], []
-    for x, y in batches:
-        logits.append(model(x).float().cpu())
-        labels.append(y.cpu())
-    return torch.cat(logits), torch.cat(labels)
-
-
-def scores(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    n = len(classes)
-    confusion = torch.bincount(labels * n + top[:, 0], minlength=n * n).reshape(n, n)
-    count = len(labels)
-    return dict(
-        top1=int((top[:, 0] == labels).sum()) / count,
-        top5=int((top == labels[:, None]).any(1).sum()) / count,
-        loss=F.cross_entropy(logits.double(), labels).item(),
-        count=count,
-        confusion=confusion,
-    )
-
-
-def write_outputs(out: Path, result: dict, classes: list[str], name: str) -> None:
+def write_outputs(out: Path, result: dict, classes: list[str], weights_name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     confusion = result.pop("confusion")
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
@@ -93,12 +68,12 @@ def write_outputs(out: Path, result: dict, classes: list[str], name: str) -> Non
     with open(out / "confusion.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["true \\ predicted", *classes])
-        w.writerows([name, *map(int, row)] for name, row in zip(classes, confusion))
+        w.writerows([name, *map(int, row)] for name, row in zip(classes, confusion, strict=True))
     plot_confusion(
         confusion,
         classes,
         out / "confusion.png",
-        f"{result['split']} split, {name} weights: top-1 {result['top1']:.2%}",
+        f"{result['split']} split, {weights_name} weights: top-1 {result['acc']:.2%}",
     )
 
 
@@ -123,11 +98,13 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     plt.close(fig)
 
 
-def evaluate_run(run_dir: Path, split: str, checkpoint: str, device: str, batch_size: int, overrides=()) -> dict:
+def evaluate_run(run_dir: Path, split: str, checkpoint: str, device: str, batch_size: int, overrides=()) -> Path:
+    """Evaluate and write eval/<split>-<weights>/; returns that folder."""
     from safetensors.torch import load_file
 
     from hw3.data import Data, InputSpec
     from hw3.data.sources import load_source, smoke_source
+    from hw3.evaluation import evaluate
 
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not an hw3 run dir (no config.yaml)")
@@ -139,28 +116,29 @@ def evaluate_run(run_dir: Path, split: str, checkpoint: str, device: str, batch_
         raise UserError(f"--split {split}: {cfg.data.name} has no {split} split")
     spec = InputSpec(card["image_size"], card["in_chans"], card["mean"], card["std"], card.get("crop_pct", 0.875))
     data = Data(cfg.data, src, spec, torch.device(device), 1, 0, cfg.seed)
-    logits, labels = predict(model, data.eval_batches(split, batch_size))
-    result = dict(split=split, checkpoint=str(path), **scores(logits, labels, card["classes"]))
-    name = checkpoint if checkpoint in ("best", "last") else path.parent.name
-    write_outputs(run_dir / "eval" / f"{split}-{name}", result, card["classes"], name)
-    return result
+    result = evaluate(model, data.eval_batches(split, batch_size), confusion_classes=len(card["classes"]))
+    weights_name = checkpoint if checkpoint in ("best", "last") else path.parent.name
+    out = run_dir / "eval" / f"{split}-{weights_name}"
+    write_outputs(out, dict(split=split, checkpoint=str(path), **result), card["classes"], weights_name)
+    return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        args = parse_args(argv)
-        result = evaluate_run(
+        args = parse_evaluate_args(argv)
+        out = evaluate_run(
             Path(args.run_dir), args.split, args.checkpoint, args.device, args.batch_size, args.overrides
         )
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    result = json.loads((out / "metrics.json").read_text())
     print(
-        f"{args.split} ({args.checkpoint}): top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
-        f"loss {result['loss']:.4f} on {result['count']} images -> {Path(args.run_dir) / 'eval'}"
+        f"{args.split} ({args.checkpoint}): top-1 {result['acc']:.2%}, top-5 {result['top5_acc']:.2%}, "
+        f"loss {result['loss']:.4f} on {result['count']} images -> {out}"
     )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(evaluate_main())

@@ -9,6 +9,7 @@ scratch at <= 64 px, off for pretrained models, whose stem weights expect the Im
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -40,7 +41,7 @@ class SimpleMLP(nn.Module):
         super().__init__()
         sizes = [in_chans * img_size * img_size, *hidden_sizes]
         layers: list[nn.Module] = [nn.Flatten()]
-        for fan_in, fan_out in zip(sizes, sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
         self.body = nn.Sequential(*layers)
         self.num_features = sizes[-1]

@@ -139,7 +139,7 @@ def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
     return [out, *plots]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def report_main(argv: Optional[Sequence[str]] = None) -> int:
     p = Parser(prog="python -m hw3.report", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, default=Path("report.md"))
@@ -155,4 +155,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_main())

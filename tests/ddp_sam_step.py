@@ -1,4 +1,4 @@
-"""One SAM step of the engine on 2 gloo processes, each with its own batch, against a per-process reference.
+"""One SAM step of hw3.loop.train_step on 2 gloo processes, each with its own batch, against a per-process reference.
 
 Launched by test_multiproc.py under `accelerate launch --config_file accelerate_configs/cpu_ddp.yaml`. SAM's
 pass 1 must use this process's own gradient (no all-reduce: each process perturbs by its own batch, the
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import tiny_run
 from hw3.config import OptimConfig
-from hw3.engine import EpochSums, forward_backward, optimizer_step
+
+from helpers import step, tiny_run
 
 RHO, LR, WORLD = 0.5, 0.5, 2
 
@@ -33,7 +33,7 @@ def batch(rank: int):
 def grads_at(weights, x, y):
     m = model()
     with torch.no_grad():
-        for p, w in zip(m.parameters(), weights):
+        for p, w in zip(m.parameters(), weights, strict=True):
             p.copy_(w)
     return torch.autograd.grad(F.cross_entropy(m(x), y), list(m.parameters()))
 
@@ -42,29 +42,28 @@ def sam_reference(synced_pass_one: bool) -> list[torch.Tensor]:
     w = [p.detach().clone() for p in model().parameters()]
     g1 = [grads_at(w, *batch(r)) for r in range(WORLD)]
     if synced_pass_one:
-        mean = [sum(gs) / WORLD for gs in zip(*g1)]
+        mean = [sum(gs) / WORLD for gs in zip(*g1, strict=True)]
         g1 = [mean] * WORLD
     g2 = []
     for r in range(WORLD):
         norm = torch.sqrt(sum((g**2).sum() for g in g1[r]))
-        g2.append(grads_at([wi + RHO * gi / norm for wi, gi in zip(w, g1[r])], *batch(r)))
-    return [wi - LR * sum(gs) / WORLD for wi, gs in zip(w, zip(*g2))]
+        g2.append(grads_at([wi + RHO * gi / norm for wi, gi in zip(w, g1[r], strict=True)], *batch(r)))
+    return [wi - LR * sum(gs) / WORLD for wi, gs in zip(w, zip(*g2, strict=True), strict=True)]
 
 
 def main() -> int:
     run = tiny_run(model(), OptimConfig(name="sam", base="sgd", lr=LR, momentum=0.0, rho=RHO))
     rank = run.accelerator.process_index
     assert run.accelerator.num_processes == WORLD, "launch with accelerate_configs/cpu_ddp.yaml"
-    forward_backward(run, *batch(rank), 1.0, sync=True)
-    optimizer_step(run, EpochSums(torch.device("cpu"), {}))
+    step(run, batch(rank))
     mine = [p.detach() for p in run.net.parameters()]
     per_process, synced = sam_reference(False), sam_reference(True)
-    matches = all(torch.allclose(a, b, atol=1e-6, rtol=0) for a, b in zip(mine, per_process))
-    distinct = max((a - b).abs().max().item() for a, b in zip(per_process, synced)) > 1e-3
+    matches = all(torch.allclose(a, b, atol=1e-6, rtol=0) for a, b in zip(mine, per_process, strict=True))
+    distinct = max((a - b).abs().max().item() for a, b in zip(per_process, synced, strict=True)) > 1e-3
     if not (matches and distinct):
         print(f"rank {rank}: matches per-process reference {matches}, references distinct {distinct}")
         return 1
-    print(f"rank {rank}: SAM step matches the per-process reference")
+    sys.stdout.write(f"rank {rank}: SAM step matches the per-process reference\n")  # one write: no interleaving
     return 0
 
 

@@ -45,7 +45,7 @@ def write_cifar(root: Path, classes: int, per_batch: int = 20, n_test: int = 40,
     label_key = "labels" if classes == 10 else "fine_labels"
     names = ([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]) if classes == 10 else ["train", "test"]
     sizes = ([per_batch] * 5 + [n_test]) if classes == 10 else [5 * per_batch, n_test]
-    for name, n in zip(names, sizes):
+    for name, n in zip(names, sizes, strict=True):
         labels = rng.integers(0, classes, n)
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         entry = {"data": data, label_key: labels.tolist()}

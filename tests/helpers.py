@@ -1,5 +1,6 @@
 """Test helpers: run the real CLI as a subprocess (exit codes, signals, launchers), read a run dir, build a
-minimal engine Run. Imported by test modules as `from helpers import ...`; fixtures live in conftest.py."""
+minimal Run for one training step, script what the loop sees. Test modules import them from here; fixtures
+live in conftest.py."""
 
 from __future__ import annotations
 
@@ -75,45 +76,59 @@ def read_summary(run_dir: Path) -> dict:
 
 
 def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
-    """An engine Run around `model` with just what a training step touches (no data, no run dir), so a test can
-    drive hw3.engine.forward_backward / optimizer_step directly. `scaler_scale` switches on accelerate's fp16
-    GradScaler path on the CPU (accelerate itself only enables it with CUDA)."""
+    """A Run around `model` with just what a training step touches (no data, no run dir, no trackers), so a test can
+    drive hw3.loop.train_step directly (see `step`). `scaler_scale` gives it a real fp16 GradScaler on the CPU
+    (accelerate only creates one with CUDA), so loss scaling is exercised without autocast."""
     import torch
     from accelerate import Accelerator
 
+    from hw3.build import Run, make_loss
     from hw3.checkpoint import TrainState
     from hw3.config import Config, OptimConfig, TrainConfig
-    from hw3.engine import Run, make_loss
-    from hw3.optim import OPTIMIZERS
+    from hw3.epoch_sums import EpochSums
+    from hw3.optim import build_optimizer
+    from hw3.optim.nonfinite import BadSteps, prime_momentum
     from hw3.optim.sam import SAM
 
     cfg = Config(optim=optim_cfg or OptimConfig(name="sgd", lr=0.1, momentum=0.0), train=train_cfg or TrainConfig())
-    acc = Accelerator(cpu=True)
-    if scaler_scale is not None:
-        acc.scaler = torch.amp.GradScaler("cpu", init_scale=scaler_scale)
-    optimizer = OPTIMIZERS.get(cfg.optim.name)(cfg.optim, model)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]
-    prepared, optimizer = acc.prepare(model, optimizer)
-    if scaler_scale is not None:  # after prepare: loss scaling and unscaling on, but fp32 compute (no autocast)
-        acc.native_amp = True
-        acc.state._mixed_precision = "fp16"
-    sam = SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None
+    accelerator = Accelerator(cpu=True)
+    optimizer = build_optimizer(cfg.optim, model, accelerator.device)
+    prepared, wrapper = accelerator.prepare(model, optimizer)
+    prime_momentum(optimizer)
+    device = accelerator.device
     return Run(
-        cfg,
-        acc,
-        None,
-        None,
-        prepared,
-        acc.unwrap_model(prepared),
-        optimizer,
-        None,
-        TrainState(),
-        None,
-        {},
-        None,
-        make_loss(cfg.train),
-        sam,
+        cfg=cfg,
+        accelerator=accelerator,
+        run_dir=None,
+        data=None,
+        model=prepared,
+        net=accelerator.unwrap_model(prepared),
+        optimizer=wrapper.optimizer,
+        scaler=torch.amp.GradScaler("cpu", init_scale=scaler_scale) if scaler_scale is not None else None,
+        schedule=None,
+        state=TrainState(),
+        sums=EpochSums(device),
+        bad_steps=BadSteps(device),
+        early_stop=None,
+        best=None,
+        tracker=None,
+        card={},
+        loss_fn=make_loss(cfg.train),
+        sam=SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
+    )
+
+
+def step(run, *micro_batches, measure_norm=True) -> None:
+    """One hw3 optimizer step on (x, y) batches: one, or several accumulated with weights by size."""
+    from hw3.loop import train_step
+
+    total = sum(len(y) for _, y in micro_batches)
+    last = len(micro_batches) - 1
+    weights = [1.0] if len(micro_batches) == 1 else [len(y) / total for _, y in micro_batches]
+    train_step(
+        run,
+        iter([(x, y, w, i == last) for i, ((x, y), w) in enumerate(zip(micro_batches, weights, strict=True))]),
+        measure_norm,
     )
 
 
@@ -133,14 +148,14 @@ def script_validation(monkeypatch, per_epoch: list[dict]) -> None:
 
     Training itself runs for real (the weights change every epoch), so a test can check which epoch's weights
     the loop kept; only what the loop *sees* of validation is scripted."""
-    import hw3.engine
+    import hw3.loop
 
     def scripted(run):
         modules = {"model": run.net, "ema": run.ema.module if run.ema is not None else None}
         results = per_epoch[run.state.epoch]
         return [(source, dict(acc=acc, loss=loss, count=1), modules[source]) for source, (acc, loss) in results.items()]
 
-    monkeypatch.setattr(hw3.engine, "validate", scripted)
+    monkeypatch.setattr(hw3.loop, "evaluate_on_val", scripted)
 
 
 class Killed(BaseException):
@@ -149,7 +164,8 @@ class Killed(BaseException):
 
 def kill_at(monkeypatch, point: str, nth: int) -> None:
     """Abort the run the nth time it reaches crash point `point` (see hw3.faults)."""
-    import hw3.engine
+    import hw3.checkpoint
+    import hw3.loop
 
     seen = {"n": 0}
 
@@ -159,4 +175,5 @@ def kill_at(monkeypatch, point: str, nth: int) -> None:
             if seen["n"] == nth:
                 raise Killed(f"{point}:{nth}")
 
-    monkeypatch.setattr(hw3.engine, "crash_point", crash)
+    for module in (hw3.loop, hw3.checkpoint):
+        monkeypatch.setattr(module, "crash_point", crash)

@@ -9,8 +9,8 @@ import pytest
 import timm
 from safetensors.torch import save_file
 
-from helpers import RECIPES, ROOT, run_subprocess
 from formats import write_hub_parquet, write_pets
+from helpers import RECIPES, ROOT, run_subprocess
 
 QUICK = str(RECIPES / "quickstart.yaml")
 

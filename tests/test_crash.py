@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import RECIPES, ROOT, read_metrics, run_subprocess
 from hw3.checkpoint import list_checkpoints
+
+from helpers import RECIPES, ROOT, read_metrics, run_subprocess
 from test_lifecycle import RICH, deterministic
 
 pytestmark = pytest.mark.slow

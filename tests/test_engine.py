@@ -1,15 +1,17 @@
-"""hw3.engine pieces: gradient accumulation, clipping, the launch guard, SAM momentum across a resume."""
+"""The training step and its surroundings: gradient accumulation, clipping, the launch guard, SAM momentum across
+a resume."""
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import hw3.engine
-from helpers import RECIPES, tiny_run
+import hw3.build
 from hw3.checkpoint import list_checkpoints
 from hw3.config import Config, OptimConfig, TrainConfig
-from hw3.engine import EpochSums, forward_backward, optimizer_step
 from hw3.errors import UserError
+from hw3.loop import micro_batch_weights
+
+from helpers import RECIPES, step, tiny_run
 
 QUICK = RECIPES / "quickstart.yaml"
 
@@ -22,51 +24,41 @@ def mlp(seed=0):
 def test_two_accumulated_halves_equal_one_full_batch():
     x, y = torch.randn(64, 6, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 4
     full = tiny_run(mlp(), OptimConfig(name="sgd", lr=0.5, momentum=0.0))
-    forward_backward(full, x, y, 1.0, sync=True)
-    optimizer_step(full, EpochSums(torch.device("cpu"), {}))
+    step(full, (x, y))
     acc = tiny_run(mlp(), OptimConfig(name="sgd", lr=0.5, momentum=0.0), TrainConfig(grad_accum_steps=2))
-    forward_backward(acc, x[:32], y[:32], 0.5, sync=False)
-    forward_backward(acc, x[32:], y[32:], 0.5, sync=True)
-    optimizer_step(acc, EpochSums(torch.device("cpu"), {}))
-    for a, b in zip(full.net.parameters(), acc.net.parameters()):
+    step(acc, (x[:24], y[:24]), (x[24:], y[24:]))  # uneven halves, weighted by size
+    for a, b in zip(full.net.parameters(), acc.net.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_micro_batch_weights_follow_uneven_groups():
-    class FakeData:
-        world, num_train = 1, 100
-
-        def steps(self, batch_size):
-            return 4  # batches of 32, 32, 32, 4
-
-    weights = hw3.engine.micro_batch_weights(FakeData(), 32, 3)
-    assert weights == [pytest.approx(1 / 3)] * 3 + [1.0]
+    assert micro_batch_weights([32, 32, 32, 4], 3) == [pytest.approx(1 / 3)] * 3 + [1.0]
+    assert micro_batch_weights([24, 24, 22], 3) == [24 / 70, 24 / 70, 22 / 70]
+    assert micro_batch_weights([8, 8, 3], 1) == [1.0, 1.0, 1.0]
 
 
 def test_clipping_bounds_the_step_and_logs_the_norm_before_clipping():
     x, y = torch.randn(16, 6), torch.arange(16) % 4
     r = tiny_run(mlp(), OptimConfig(name="sgd", lr=1.0, momentum=0.0), TrainConfig(max_grad_norm=1e-3))
     before = torch.cat([p.detach().flatten().clone() for p in r.net.parameters()])
-    sums = EpochSums(torch.device("cpu"), {})
-    forward_backward(r, x, y, 1.0, sync=True)
-    optimizer_step(r, sums)
+    step(r, (x, y), measure_norm=False)  # clipping measures the norm anyway
     after = torch.cat([p.detach().flatten() for p in r.net.parameters()])
     assert (after - before).norm() == pytest.approx(1e-3, rel=1e-3)  # lr 1 x clipped norm
-    assert sums.grad_norm.item() > 1e-2  # the logged norm is the one before clipping
+    assert r.sums.norm_samples.item() == 1 and r.sums.grad_norm.item() > 1e-2  # the norm before clipping
 
 
 def test_launched_as_several_processes_that_accelerate_sees_as_one(monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
 
-    class Lonely(hw3.engine.Accelerator):
+    class Lonely(hw3.build.Accelerator):
         def __init__(self, **kwargs):
             monkeypatch.delenv("WORLD_SIZE")
             super().__init__(**kwargs)
             monkeypatch.setenv("WORLD_SIZE", "2")
 
-    monkeypatch.setattr(hw3.engine, "Accelerator", Lonely)
+    monkeypatch.setattr(hw3.build, "Accelerator", Lonely)
     with pytest.raises(UserError, match="launched as 2 processes but accelerate sees one"):
-        hw3.engine.make_accelerator(Config(), tmp_path)
+        hw3.build.make_accelerator(Config(), tmp_path)
 
 
 def test_an_incomplete_distributed_environment_is_a_user_error(monkeypatch, tmp_path):
@@ -75,7 +67,7 @@ def test_an_incomplete_distributed_environment_is_a_user_error(monkeypatch, tmp_
     before = set(os.environ)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="accelerate could not start"):
-        hw3.engine.make_accelerator(Config(), tmp_path)
+        hw3.build.make_accelerator(Config(), tmp_path)
     for leaked in set(os.environ) - before - {"WORLD_SIZE"}:  # accelerate exports RANK etc. while failing
         del os.environ[leaked]
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hw3.evaluate import evaluate_main
+from hw3.report import report_main
+
 from helpers import RECIPES, read_summary
-from hw3.evaluate import main as evaluate_main
-from hw3.report import main as report_main
 
 QUICK = RECIPES / "quickstart.yaml"
 
@@ -49,12 +50,12 @@ def test_evaluate_best_on_test_matches_the_training_summary(finished, capsys):
     assert evaluate_main([str(finished / "adamw")]) == 0
     out = finished / "adamw" / "eval" / "test-best"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["top1"] == pytest.approx(read_summary(finished / "adamw")["test_acc"], abs=1e-9)
-    assert metrics["top5"] >= metrics["top1"] and metrics["count"] == 359
+    assert metrics["acc"] == pytest.approx(read_summary(finished / "adamw")["test_acc"], abs=1e-9)
+    assert metrics["top5_acc"] >= metrics["acc"] and metrics["count"] == 359
     with open(out / "per_class.csv") as f:
         per_class = list(csv.DictReader(f))
     assert [r["class"] for r in per_class] == [str(i) for i in range(10)]
-    assert sum(int(r["correct"]) for r in per_class) == round(metrics["top1"] * 359)
+    assert sum(int(r["correct"]) for r in per_class) == round(metrics["acc"] * 359)
     with open(out / "confusion.csv") as f:
         rows = list(csv.reader(f))
     assert len(rows) == 11 and sum(int(v) for r in rows[1:] for v in r[1:]) == 359

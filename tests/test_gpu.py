@@ -38,3 +38,21 @@ def test_device_path_on_the_gpu_matches_the_cpu():
     gpu = Data(DataConfig(name="synthetic", loader="device"), src, spec, torch.device("cuda"), 1, 0, 0)
     for (a, _), (b, _) in zip(cpu.train_batches(3, 64), gpu.train_batches(3, 64), strict=True):
         assert torch.allclose(a, b.cpu(), atol=1e-5)
+
+
+def test_cuda_graphs_train_sam_in_bf16(train, tmp_path):
+    """torch.compile(mode="reduce-overhead") replays CUDA graphs: SAM's two passes, the device-side non-finite
+    guard and the running sums must all survive replays that reuse their output buffers."""
+    result = train(
+        "--recipe",
+        QUICK,
+        "train.compile=reduce-overhead",
+        "train.mixed_precision=bf16",
+        "optim.name=sam",
+        "optim.base=adamw",
+        "train.epochs=6",
+        f"output_dir={tmp_path / 'run'}",
+    )
+    assert result.code == 0, result.err
+    summary = read_summary(tmp_path / "run")
+    assert summary["test_acc"] >= 0.9 and summary["optimizer_steps"] == 6 * 20  # full batches only

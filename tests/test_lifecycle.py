@@ -2,16 +2,17 @@
 SIGTERM, the batch-size schedule, EMA/mixup, trackers, non-finite steps."""
 
 import json
-import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import hw3.engine
-from helpers import METRIC_KEYS, RECIPES, ROOT, read_metrics, read_summary, run_subprocess
+import hw3.build
 from hw3.checkpoint import list_checkpoints
+
+from helpers import METRIC_KEYS, RECIPES, ROOT, read_metrics, read_summary, run_subprocess
 
 QUICK = RECIPES / "quickstart.yaml"
 # The contract's columns that do not depend on wall-clock time, plus two more.
@@ -90,7 +91,7 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(uninterrupted, tmp_path
     newest = list_checkpoints(tmp_path / "run")[-1]
     assert newest.name == "epoch0001-batch000019"  # 41 steps in epoch 0, 19 of epoch 1
     state = json.loads((newest / "trainer_state.json").read_text())
-    assert state["batch"] == 19 and state["partial"]["count"] == 19 * 32
+    assert state["train"]["batch"] == 19 and state["epoch"]["count"] == 19 * 32
     resumed = run_subprocess(args, cwd=ROOT)
     assert resumed.code == 0, resumed.err[-3000:]
     assert_same_run(uninterrupted, tmp_path / "run")
@@ -218,14 +219,15 @@ def test_wandb_offline_history_and_resumed_run_id(train, tmp_path):
     assert train(*args, "train.epochs=1").code == 0
     assert train(*args, "train.epochs=2").code == 0
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1  # one run id, continued
+    ids = {re.match(r"offline-run-\d{8}_\d{6}-([0-9a-z]+)", r.name).group(1) for r in runs}
+    assert len(runs) == 2 and len(ids) == 1  # one run id, continued (wandb adds "-1" to a folder name taken)
     history = b"".join(f.read_bytes() for r in runs for f in r.glob("*.wandb"))
     assert b"val_acc" in history and b"train_loss" in history
 
 
 def planted_nan(monkeypatch, bad_steps):
     """The loss becomes NaN on the given (0-based) forward calls."""
-    real = hw3.engine.make_loss
+    real = hw3.build.make_loss
     calls = {"n": 0}
 
     def make(cfg):
@@ -238,7 +240,7 @@ def planted_nan(monkeypatch, bad_steps):
 
         return loss
 
-    monkeypatch.setattr(hw3.engine, "make_loss", make)
+    monkeypatch.setattr(hw3.build, "make_loss", make)
 
 
 def test_planted_nan_steps_are_skipped_and_counted(train, tmp_path, monkeypatch):
@@ -251,11 +253,16 @@ def test_planted_nan_steps_are_skipped_and_counted(train, tmp_path, monkeypatch)
 
 
 def test_consecutive_nan_steps_stop_the_run_cleanly(train, tmp_path, monkeypatch):
+    """Steps 1-30 are fine, every later one is NaN. The host looks at the device every log.log_every=5 steps
+    (and at the end of each 21-step epoch): at step 35 it sees 5 non-finite steps in a row and stops."""
     planted_nan(monkeypatch, set(range(30, 10_000)))
-    result = train("--recipe", QUICK, "train.epochs=5", "train.max_bad_steps=5", f"output_dir={tmp_path / 'run'}")
+    args = ["--recipe", QUICK, "train.epochs=5", "train.max_bad_steps=5", "log.log_every=5"]
+    result = train(*args, f"output_dir={tmp_path / 'run'}")
     assert result.code == 1
-    assert "error: 5 consecutive non-finite steps" in result.err and "epoch0001-batch000000" in result.err
+    assert "error: 5 consecutive non-finite steps (loss or gradient) by epoch 1, step 35 " in result.err
+    assert "(train.max_bad_steps=5); last good checkpoint: " in result.err and "epoch0001-batch000000" in result.err
     summary = read_summary(tmp_path / "run")
     assert summary["stopped_reason"] == "non_finite" and summary["epochs_completed"] == 1
+    assert summary["skipped_steps"] == 5
     weights = last_weights(tmp_path / "run")
     assert all(t.isfinite().all() for t in weights.values() if t.is_floating_point())

@@ -1,8 +1,9 @@
 """Every command in the README's bash blocks runs as written, in order, in a scratch folder.
 
 The first block's install steps are what CI runs; here its training command runs first (in-process), so that
-runs/quickstart exists for the commands that read it. Full GPU recipes launched with `accelerate launch --config_file ...` cannot train here (no
-GPU, no download): they run with `smoke=true` appended and the run dir their report command expects."""
+runs/quickstart exists for the commands that read it. Full GPU recipes launched with `accelerate launch
+--config_file ...` cannot train here (no GPU, no download): they run with `smoke=true` appended and the run dir
+their report command expects."""
 
 import re
 import shlex
@@ -36,8 +37,8 @@ def launch_in_smoke_mode(argv: list[str], cwd: Path) -> int:
 
 def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
     from hw3.cli import main as train_main
-    from hw3.evaluate import main as evaluate_main
-    from hw3.report import main as report_main
+    from hw3.evaluate import evaluate_main
+    from hw3.report import report_main
 
     monkeypatch.chdir(tmp_path)
     for name in ("recipes", "accelerate_configs", "train.py"):

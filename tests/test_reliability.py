@@ -7,10 +7,11 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-import hw3.engine
-from helpers import RECIPES, read_summary, tiny_run
 from hw3.checkpoint import list_checkpoints
 from hw3.config import OptimConfig, TrainConfig
+from hw3.loop import NonFinite, look_at_device
+
+from helpers import RECIPES, read_summary, step, tiny_run
 
 QUICK = RECIPES / "quickstart.yaml"
 
@@ -88,16 +89,19 @@ def test_trust_remote_code_is_only_passed_when_the_recipe_asks(monkeypatch, tmp_
 
 
 def test_fp16_loss_scale_collapse_is_reported(tmp_path):
+    """A real GradScaler (on the CPU, without autocast): each non-finite step halves the scale and is skipped on
+    the device; the host finds out at its next look, and the message says where the scale went."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     x[0, 0] = float("nan")
     r = tiny_run(model, OptimConfig(name="sgd", lr=0.1), TrainConfig(max_bad_steps=4), scaler_scale=2.0**16)
     r.run_dir = tmp_path
-    sums = hw3.engine.EpochSums(torch.device("cpu"), {})
-    with pytest.raises(
-        hw3.engine.NonFinite, match=r"4 consecutive non-finite steps .*fp16 loss scale collapsed to 4096"
-    ):
-        for _ in range(4):
-            hw3.engine.forward_backward(r, x, y, 1.0, sync=True)
-            hw3.engine.optimizer_step(r, sums)
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        step(r, (x, y))
+    look_at_device(r, None)  # 3 in a row: still under the limit
+    step(r, (x, y))
+    with pytest.raises(NonFinite, match=r"4 consecutive non-finite steps .*fp16 loss scale fell to 4096"):
+        look_at_device(r, None)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

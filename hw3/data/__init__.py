@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -9,7 +10,7 @@ from typing import Iterator, Optional
 import torch
 
 from hw3.config import DataConfig
-from hw3.data.loaders import DeviceLoader, SampleDataset, WorkerLoader, eval_positions, steps_per_epoch, train_positions
+from hw3.data.loaders import DeviceLoader, SampleDataset, WorkerLoader, eval_positions, train_positions
 from hw3.data.sources import Source, Split, load_source
 from hw3.data.transforms import CROPS, FLIPS, InputStage, auto_augment, channel_stats, draw, photo_transform
 from hw3.errors import UserError
@@ -63,8 +64,10 @@ class Data:
         rank: int,
         seed: int,
         channels_last: bool = False,
+        drop_last: bool = False,
     ):
         self.src, self.world, self.rank, self.seed = src, world, rank, seed
+        self.drop_last = drop_last  # train only on full batches (CUDA graphs replay one batch shape)
         self.policy = cfg.augment or src.augment
         self.padding = src.crop_padding if cfg.crop_padding is None else cfg.crop_padding
         self.on_device = choose_device_path(cfg, src, self.policy, device)
@@ -96,16 +99,23 @@ class Data:
     def num_train(self) -> int:
         return len(self.src.train)
 
-    def steps(self, batch_size: int) -> int:
-        return steps_per_epoch(self.num_train, self.world, batch_size)
+    def batch_sizes(self, batch_size: int) -> list[int]:
+        """Images per process in each training batch of an epoch at global batch `batch_size` (the last one may be
+        smaller; with drop_last it is left out)."""
+        per_process, shard = batch_size // self.world, math.ceil(self.num_train / self.world)
+        sizes = [per_process] * (shard // per_process)
+        if shard % per_process and not self.drop_last:
+            sizes.append(shard % per_process)
+        return sizes
 
     def train_batches(
         self, epoch: int, batch_size: int, start_batch: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch `epoch` at global batch `batch_size`, from batch `start_batch` on (mid-epoch resume)."""
         per_process = batch_size // self.world
+        end = sum(self.batch_sizes(batch_size))
         positions = train_positions(self.num_train, self.world, self.rank, self.seed, epoch)[
-            start_batch * per_process :
+            start_batch * per_process : end
         ]
         augmenting = self.policy != "none" or not self.on_device
         params = draw(self.num_train, self.seed, epoch, self.padding) if augmenting else None

@@ -37,11 +37,6 @@ def eval_positions(n: int, world: int, rank: int) -> torch.Tensor:
     return torch.arange(rank, n, world)
 
 
-def steps_per_epoch(n: int, world: int, batch_size: int) -> int:
-    """Batches per process per epoch for global batch `batch_size`."""
-    return math.ceil(math.ceil(n / world) / (batch_size // world))
-
-
 class DeviceLoader:
     def __init__(self, split: Split, device: torch.device, policy: str, padding: int):
         self.images = split.images.to(device)
@@ -97,7 +92,7 @@ class KeyBatches:
             rows = [(i, -1, -1, False, 0) for i in idx]
         else:
             cols = [t[indices].tolist() for t in (params.dy, params.dx, params.flip, params.seed)]
-            rows = list(zip(idx, *cols))
+            rows = list(zip(idx, *cols, strict=True))
         self.keys = [rows[s : s + batch] for s in range(0, len(rows), batch)]
 
     def __iter__(self):

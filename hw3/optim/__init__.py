@@ -1,7 +1,7 @@
 """Optimizers by name, built through timm's optimizer factory from the recipe's `optim` section.
 
-`sam` is not an optimizer of its own: it builds its base optimizer (`optim.base`) here, and the training step
-adds the two-pass sharpness-aware update around it (hw3.optim.sam).
+`sam` is not an optimizer of its own: `build_optimizer` builds its base optimizer (`optim.base`), and the training
+step adds the two-pass sharpness-aware update around it (hw3.optim.sam).
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ from torch import nn
 from hw3.config import OptimConfig
 from hw3.registry import Registry
 
-OPTIMIZERS: Registry[Callable[[OptimConfig, nn.Module], torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS: Registry[Callable[[OptimConfig, nn.Module, torch.device], torch.optim.Optimizer]] = Registry("optimizer")
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer `optim.name` names (for sam: its base), over `model`'s parameters, which live on `device`."""
+    optimizer = OPTIMIZERS.get(cfg.name, "optim.name")(cfg, model, device)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]  # the schedule scales this each step
+    return optimizer
 
 
 def _timm(opt: str, cfg: OptimConfig, model: nn.Module, **kwargs) -> torch.optim.Optimizer:
@@ -25,21 +33,27 @@ def _timm(opt: str, cfg: OptimConfig, model: nn.Module, **kwargs) -> torch.optim
     )
 
 
+def fused(cfg: OptimConfig) -> dict:
+    """torch's fused kernels (one launch for the whole update) unless the recipe says no. They also take the
+    step's non-finite flag as a device tensor and skip the update there, without a host read."""
+    return dict(fused=cfg.fused is not False)
+
+
 @OPTIMIZERS.register("sgd")
-def sgd(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # timm's "sgd" is Nesterov SGD, its "momentum" the classic heavy-ball one.
+def sgd(cfg: OptimConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    # timm's "sgd" is Nesterov SGD, its "momentum" the classic heavy-ball one; both are torch.optim.SGD.
     nesterov = cfg.nesterov and cfg.momentum > 0
-    return _timm("sgd" if nesterov else "momentum", cfg, model, momentum=cfg.momentum)
+    return _timm("sgd" if nesterov else "momentum", cfg, model, momentum=cfg.momentum, **fused(cfg))
 
 
 @OPTIMIZERS.register("adam")
-def adam(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return _timm("adam", cfg, model, betas=tuple(cfg.betas))
+def adam(cfg: OptimConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    return _timm("adam", cfg, model, betas=tuple(cfg.betas), **fused(cfg))
 
 
 @OPTIMIZERS.register("adamw")
-def adamw(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return _timm("adamw", cfg, model, betas=tuple(cfg.betas))
+def adamw(cfg: OptimConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    return _timm("adamw", cfg, model, betas=tuple(cfg.betas), **fused(cfg))
 
 
 def muon_fallback_patterns(model: nn.Module) -> list[str]:
@@ -50,10 +64,11 @@ def muon_fallback_patterns(model: nn.Module) -> list[str]:
 
 
 @OPTIMIZERS.register("muon")
-def muon(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+def muon(cfg: OptimConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """timm's Muon: conv kernels flattened to matrices; 1-D tensors, the stem and the head go to AdamW at
     `optim.fallback_lr`. timm scales Muon's update to AdamW's RMS ("match_rms_adamw"), so one lr suits both
-    and fallback_lr defaults to lr."""
+    and fallback_lr defaults to lr. On CUDA its step counters live on the device (capturable), so skipping a
+    non-finite step needs no host read."""
     fallback_lr = cfg.fallback_lr if cfg.fallback_lr is not None else cfg.lr
     return _timm(
         "nmuon" if cfg.nesterov else "muon",
@@ -63,12 +78,14 @@ def muon(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
         betas=tuple(cfg.betas),
         fallback_list=muon_fallback_patterns(model),
         fallback_lr_scale=fallback_lr / cfg.lr if cfg.lr > 0 else 1.0,
+        capturable=device.type == "cuda",
     )
 
 
 @OPTIMIZERS.register("sam")
-def sam_base(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(cfg.base, "optim.base")(cfg, model)
+def sam_base(cfg: OptimConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """SAM is no optimizer of its own: its base takes the step; the training step adds the two passes."""
+    return OPTIMIZERS.get(cfg.base, "optim.base")(cfg, model, device)
 
 
 def routing_table(model: nn.Module, optimizer: torch.optim.Optimizer) -> str:

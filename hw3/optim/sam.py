@@ -39,6 +39,14 @@ def bn_buffers(model: nn.Module) -> list[torch.Tensor]:
 class SAM:
     def __init__(self, rho: float, adaptive: bool = False, eps: float = 1e-12):
         self.rho, self.adaptive, self.eps = rho, adaptive, eps
+        self.bn: list[torch.Tensor] = []  # the model's BatchNorm buffers (found once)
+        self.bn_before: list[torch.Tensor] = []  # their values before pass 1
+
+    def save_batchnorm(self, model: nn.Module) -> None:
+        """Before pass 1: keep BatchNorm's running statistics, the fallback when pass 1 turns out non-finite."""
+        if not self.bn:
+            self.bn = bn_buffers(model)
+        self.bn_before = [b.clone() for b in self.bn]
 
     @torch.no_grad()
     def ascent_step(self, params: list[torch.Tensor]) -> torch.Tensor:
@@ -53,15 +61,13 @@ class SAM:
         return torch.where(finite, torch.ones_like(norm), torch.full_like(norm, float("nan")))
 
     @contextmanager
-    def perturbed(
-        self, model: nn.Module, bn: list[torch.Tensor], bn_before_pass1: list[torch.Tensor]
-    ) -> Iterator[torch.Tensor]:
-        """Around pass 2: weights at w + e(w) inside, back at w (bit for bit) after, pass-1 gradients cleared.
-        `bn` are the model's BatchNorm buffers, `bn_before_pass1` their copies from before pass 1.
+    def perturbed(self, model: nn.Module) -> Iterator[torch.Tensor]:
+        """Around pass 2: weights at w + e(w) inside, back at w (bit for bit) after, pass-1 gradients cleared,
+        BatchNorm statistics those after pass 1 (or before it, when pass 1 was not finite).
 
         Yields the factor pass 2's loss must be multiplied by (1.0, or NaN to skip the step)."""
         params = [p for p in model.parameters() if p.grad is not None]
-        bn_after_pass1 = [b.clone() for b in bn]
+        bn_after_pass1 = [b.clone() for b in self.bn]
         saved = [p.detach().clone() for p in params]
         keep = self.ascent_step(params)
         model.zero_grad(set_to_none=True)
@@ -71,5 +77,5 @@ class SAM:
             with torch.no_grad():
                 torch._foreach_copy_(params, saved)
                 pass1_ok = torch.isfinite(keep)
-                for buf, before, after in zip(bn, bn_before_pass1, bn_after_pass1):
+                for buf, before, after in zip(self.bn, self.bn_before, bn_after_pass1, strict=True):
                     buf.copy_(torch.where(pass1_ok, after, before))

@@ -18,6 +18,7 @@ import math
 from typing import Callable
 
 from hw3.config import SchedConfig
+from hw3.monitor import Monitor
 from hw3.registry import Registry
 
 
@@ -34,8 +35,8 @@ class Schedule:
     def factor(self, step: int) -> float:
         return 1.0
 
-    def end_of_epoch(self, metric: float) -> None:
-        """Called with the validation metric (the same on every process) after each epoch."""
+    def end_of_epoch(self, metrics: dict) -> None:
+        """Called with the validation results {"acc", "loss"} (the same on every process) after each epoch."""
 
     def state_dict(self) -> dict:
         return {}
@@ -96,19 +97,20 @@ class OneCycleSchedule(Schedule):
 
 @SCHEDULES.register("plateau")
 class PlateauSchedule(Schedule):
-    """torch's ReduceLROnPlateau (relative threshold, no cooldown) on the gathered validation metric."""
+    """torch's ReduceLROnPlateau (relative threshold, no cooldown) on the reduced validation metric."""
 
     def __init__(self, cfg: SchedConfig, lr: float, epoch_starts: list[int]):
         super().__init__(cfg, lr, epoch_starts)
-        self.sign = 1.0 if cfg.monitor == "val_loss" else -1.0  # minimize loss, maximize accuracy
-        self.current, self.best, self.bad_epochs = 1.0, math.inf, 0
+        self.monitor = Monitor(cfg.monitor)
+        self.current, self.best, self.bad_epochs = 1.0, None, 0
 
     def factor(self, step: int) -> float:
         return self.current
 
-    def end_of_epoch(self, metric: float) -> None:
-        value = self.sign * metric
-        if value < self.best - abs(self.best) * self.cfg.threshold if math.isfinite(self.best) else value < self.best:
+    def end_of_epoch(self, metrics: dict) -> None:
+        value = self.monitor.value(metrics)
+        margin = abs(self.best) * self.cfg.threshold if self.best is not None else 0.0
+        if self.monitor.better(value, self.best, margin):
             self.best, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1

@@ -6,7 +6,7 @@ import torch
 
 from hw3.config import DataConfig
 from hw3.data import Data, InputSpec, resolve_input
-from hw3.data.loaders import eval_positions, steps_per_epoch, train_positions
+from hw3.data.loaders import eval_positions, train_positions
 from hw3.data.sources import Source, Split, load_source
 from hw3.errors import UserError
 
@@ -66,7 +66,7 @@ def test_two_processes_split_each_global_batch():
     shards = [train_positions(n, world, r, seed=0, epoch=5) for r in range(world)]
     assert len(shards[0]) == len(shards[1]) == 25
     one = train_positions(n, 1, 0, seed=0, epoch=5)
-    for k in range(steps_per_epoch(n, world, 2 * per_process)):
+    for k in range(len(make(cifar_like(n), "device", world=world).batch_sizes(2 * per_process))):
         union = torch.cat([s[k * per_process : (k + 1) * per_process] for s in shards]).sort().values
         assert torch.equal(union, one[k * 2 * per_process : (k + 1) * 2 * per_process].sort().values)
     evals = [eval_positions(51, 2, r) for r in range(2)]

@@ -5,11 +5,12 @@ import json
 import pytest
 import torchvision
 
-from helpers import RECIPES, read_metrics, read_summary, run_subprocess
-from formats import patch_cifar_checksums, write_cifar, write_hub_parquet, write_imagefolder, write_mnist, write_pets
 from hw3.config import DataConfig
-from hw3.data.sources import hold_out, load_source, Split
+from hw3.data.sources import Split, hold_out, load_source
 from hw3.errors import UserError
+
+from formats import patch_cifar_checksums, write_cifar, write_hub_parquet, write_imagefolder, write_mnist, write_pets
+from helpers import RECIPES, read_metrics, read_summary, run_subprocess
 
 QUICK = RECIPES / "quickstart.yaml"
 ONE_EPOCH = ["train.epochs=1", "log.trackers=[]", "data.max_eval_samples=32"]

@@ -1,4 +1,4 @@
-"""SAM/ASAM as the engine runs it: equal to a hand-written reference step, scale-invariant under GradScaler,
+"""SAM/ASAM as the training step runs it: equal to a hand-written reference step, scale-invariant under GradScaler,
 safe with a planted inf, BatchNorm statistics from pass 1 only."""
 
 import copy
@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import tiny_run
 from hw3.config import OptimConfig
-from hw3.engine import EpochSums, forward_backward, optimizer_step
-from hw3.optim.sam import bn_buffers
+from hw3.optim.sam import SAM, bn_buffers
+
+from helpers import step, tiny_run
 
 
 def tiny_model(seed=0):
@@ -32,23 +32,21 @@ def reference_step(model, x, y, rho, lr, adaptive):
     bn_after_pass1 = [b.clone() for b in bn_buffers(m)]
     w = [p.detach().clone() for p in params]
     if adaptive:
-        norm = torch.sqrt(sum(((wi.abs() * gi) ** 2).sum() for wi, gi in zip(w, g)))
-        e = [rho * wi * wi * gi / norm for wi, gi in zip(w, g)]
+        norm = torch.sqrt(sum(((wi.abs() * gi) ** 2).sum() for wi, gi in zip(w, g, strict=True)))
+        e = [rho * wi * wi * gi / norm for wi, gi in zip(w, g, strict=True)]
     else:
         norm = torch.sqrt(sum((gi**2).sum() for gi in g))
         e = [rho * gi / norm for gi in g]
     with torch.no_grad():
-        for p, ei in zip(params, e):
+        for p, ei in zip(params, e, strict=True):
             p.add_(ei)
     g2 = torch.autograd.grad(F.cross_entropy(m(x), y), params)
-    return [wi - lr * gi for wi, gi in zip(w, g2)], bn_after_pass1
+    return [wi - lr * gi for wi, gi in zip(w, g2, strict=True)], bn_after_pass1
 
 
-def engine_step(r, x, y):
-    sums = EpochSums(torch.device("cpu"), {})
-    forward_backward(r, x, y, 1.0, sync=True)
-    optimizer_step(r, sums)
-    return sums
+def sam_step(r, x, y):
+    step(r, (x, y))
+    return r.sums
 
 
 @pytest.mark.parametrize("adaptive, rho", [(False, 0.05), (True, 0.5)])
@@ -56,23 +54,23 @@ def test_one_step_equals_the_reference(adaptive, rho):
     model, (x, y) = tiny_model(), batch()
     expected, bn_expected = reference_step(model, x, y, rho, lr=0.1, adaptive=adaptive)
     r = tiny_run(model, OptimConfig(name="sam", base="sgd", lr=0.1, momentum=0.0, rho=rho, adaptive=adaptive))
-    engine_step(r, x, y)
-    for p, e in zip(r.net.parameters(), expected):
+    sam_step(r, x, y)
+    for p, e in zip(r.net.parameters(), expected, strict=True):
         assert torch.allclose(p, e, atol=1e-6, rtol=0)
-    for b, e in zip(bn_buffers(r.net), bn_expected):  # running stats from pass 1 only
+    for b, e in zip(bn_buffers(r.net), bn_expected, strict=True):  # running stats from pass 1 only
         assert torch.equal(b, e)
 
 
 def test_grad_scaler_with_a_large_scale_gives_the_unscaled_step():
     (x, y) = batch()
     plain = tiny_run(tiny_model(), OptimConfig(name="sam", base="sgd", lr=0.1, momentum=0.9, rho=0.05))
-    engine_step(plain, x, y)
+    sam_step(plain, x, y)
     scaled = tiny_run(
         tiny_model(), OptimConfig(name="sam", base="sgd", lr=0.1, momentum=0.9, rho=0.05), scaler_scale=2.0**20
     )
-    engine_step(scaled, x, y)
-    assert scaled.accelerator.scaler.get_scale() == 2.0**20  # no overflow, step taken
-    for a, b in zip(plain.net.parameters(), scaled.net.parameters()):
+    sam_step(scaled, x, y)
+    assert scaled.scaler.get_scale() == 2.0**20  # no overflow, step taken
+    for a, b in zip(plain.net.parameters(), scaled.net.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
 
 
@@ -83,34 +81,33 @@ def test_planted_inf_in_pass_one_leaves_weights_and_batchnorm_untouched(scaler_s
     r = tiny_run(tiny_model(), OptimConfig(name="sam", base="sgd", lr=0.1, momentum=0.9), scaler_scale=scaler_scale)
     before = [p.detach().clone() for p in r.net.parameters()]
     bn_before = [b.clone() for b in bn_buffers(r.net)]
-    sums = engine_step(r, x, y)
-    assert all(torch.equal(p, b) for p, b in zip(r.net.parameters(), before))
-    assert all(torch.equal(b, e) and b.isfinite().all() for b, e in zip(bn_buffers(r.net), bn_before))
-    assert sums.skipped == 1 and r.state.skipped_steps == 1
+    sums = sam_step(r, x, y)
+    assert all(torch.equal(p, b) for p, b in zip(r.net.parameters(), before, strict=True))
+    assert all(torch.equal(b, e) and b.isfinite().all() for b, e in zip(bn_buffers(r.net), bn_before, strict=True))
+    assert sums.skipped.item() == 1 and r.bad_steps.in_row.item() == 1
     if scaler_scale:
-        assert r.accelerator.scaler.get_scale() < scaler_scale  # GradScaler backed off
+        assert r.scaler.get_scale() < scaler_scale  # GradScaler backed off
 
 
 def test_then_a_clean_batch_trains_normally():
     r = tiny_run(tiny_model(), OptimConfig(name="sam", base="sgd", lr=0.1, momentum=0.9))
     bad_x, y = batch()
     bad_x[0, 0] = float("nan")
-    engine_step(r, bad_x, y)
+    sam_step(r, bad_x, y)
     before = [p.detach().clone() for p in r.net.parameters()]
-    engine_step(r, *batch())
-    assert r.state.bad_in_row == 0
-    assert any(not torch.equal(p, b) for p, b in zip(r.net.parameters(), before))
+    sam_step(r, *batch())
+    assert r.bad_steps.in_row.item() == 0 and r.bad_steps.longest.item() == 1
+    assert any(not torch.equal(p, b) for p, b in zip(r.net.parameters(), before, strict=True))
     assert all(p.isfinite().all() for p in r.net.parameters())
 
 
 def test_weights_are_restored_bit_for_bit_around_pass_two():
-    from hw3.optim.sam import SAM
-
     model, (x, y) = tiny_model(), batch()
+    sam = SAM(0.05)
+    sam.save_batchnorm(model)
     F.cross_entropy(model(x), y).backward()
     before = [p.detach().clone() for p in model.parameters()]
-    bn = bn_buffers(model)
-    with SAM(0.05).perturbed(model, bn, [b.clone() for b in bn]) as keep:
+    with sam.perturbed(model) as keep:
         assert keep.item() == 1.0
-        assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
-    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+        assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))

@@ -30,7 +30,8 @@ def our_trace(cfg: SchedConfig, metrics=None) -> list[float]:
     for step in range(EPOCHS * STEPS):
         trace.append(LR * schedule.factor(step))
         if metrics and (step + 1) % STEPS == 0:
-            schedule.end_of_epoch(metrics[step // STEPS])
+            value = metrics[step // STEPS]
+            schedule.end_of_epoch(dict(acc=value, loss=value))
     return trace
 
 
@@ -79,7 +80,7 @@ def test_trace_matches_torch(name):
     cfg, make, per_step = CASES[name]
     ours, theirs = our_trace(cfg), torch_trace(make, per_step)
     assert len(ours) == len(theirs) == EPOCHS * STEPS
-    assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-9
+    assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-9
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,7 @@ def test_plateau_state_round_trips():
     cfg = SchedConfig(name="plateau", patience=0, gamma=0.5)
     a = build_schedule(cfg, LR, STARTS)
     for m in (1.0, 2.0, 3.0):
-        a.end_of_epoch(m)
+        a.end_of_epoch(dict(acc=m, loss=m))
     b = build_schedule(cfg, LR, STARTS)
     b.load_state_dict(a.state_dict())
     assert b.factor(0) == a.factor(0) == 0.25

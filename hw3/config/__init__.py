@@ -1,0 +1,32 @@
+"""The recipe: what every key means (schema), how YAML and overrides become it (recipe), what it allows
+(validation)."""
+
+from hw3.config.recipe import all_keys, flatten, load_config, parse_yaml, to_yaml
+from hw3.config.schema import (
+    Config,
+    DataConfig,
+    EarlyStopConfig,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    SchedConfig,
+    TrainConfig,
+    compile_mode,
+)
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "EarlyStopConfig",
+    "LogConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SchedConfig",
+    "TrainConfig",
+    "all_keys",
+    "compile_mode",
+    "flatten",
+    "load_config",
+    "parse_yaml",
+    "to_yaml",
+]

@@ -1,0 +1,149 @@
+"""What every recipe key means: a tree of dataclasses, one comment per field with its unit.
+
+Components receive their own section (`cfg.optim`), never the whole tree. Reading YAML into this tree is
+hw3.config.recipe; the ranges and choices each key allows are hw3.config.validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # dataset: digits, mnist, cifar10, cifar100, oxford_pet, hf, imagefolder, synthetic
+    root: str = "data"  # folder holding (or receiving) torchvision datasets; the tree for imagefolder
+    download: bool = False  # let torchvision / the Hub fetch missing files (main process only)
+    path: Optional[str] = None  # hf: Hub dataset id, local dataset folder, or parquet file(s)
+    config_name: Optional[str] = None  # hf: dataset configuration name
+    revision: Optional[str] = None  # hf: git revision on the Hub
+    trust_remote_code: bool = False  # hf: allow dataset loading scripts (recent `datasets` refuse them anyway)
+    image_column: Optional[str] = None  # hf: image column; null = the only Image feature
+    label_column: Optional[str] = None  # hf: label column; null = the only ClassLabel feature
+    val_fraction: float = 0.1  # share of train held out for validation when the source has no val split
+    split_seed: int = 0  # seed of that hold-out and of the sample caps, fixed so every run sees the same split
+    image_size: Optional[int] = None  # px (square); null = native size, or the pretrained model's input size
+    num_classes: Optional[int] = None  # synthetic/smoke: classes (default 10); others: checked against the data
+    channels: Optional[int] = None  # synthetic/smoke: image channels (default 3)
+    max_train_samples: Optional[int] = None  # cap on training images (seeded subset); synthetic: its size
+    max_eval_samples: Optional[int] = None  # cap on validation and test images (seeded subset)
+    augment: Optional[str] = None  # none, flip, crop, crop_flip, resized_crop_flip; null = the dataset's default
+    crop_padding: Optional[int] = None  # px of zero padding around random crops; null = the dataset's default
+    auto_augment: Optional[str] = None  # randaugment or trivialaugment (torchvision), applied per sample
+    mean: Optional[list[float]] = None  # per-channel mean in [0, 1]; null = dataset or pretrained statistics
+    std: Optional[list[float]] = None  # per-channel std in [0, 1]; null = dataset or pretrained statistics
+    loader: str = "auto"  # auto, device (whole split in device memory), dataloader (torch DataLoader)
+    num_workers: Optional[int] = None  # DataLoader worker processes per training process; null = by device
+    pin_memory: Optional[bool] = None  # page-locked host batches; null = on with CUDA
+    persistent_workers: Optional[bool] = None  # keep workers across epochs; null = on when there are workers
+    prefetch_factor: Optional[int] = None  # batches each worker prepares ahead; null = torch's default (2)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "simple_mlp"  # any timm model name, or hw3's simple_mlp / simple_cnn
+    pretrained: bool = False  # start from timm's pretrained weights (downloaded from the HF Hub)
+    pretrained_file: Optional[str] = None  # local weights file used instead of the Hub (implies pretrained)
+    small_input: Optional[bool] = None  # 3x3 stride-1 stem, no max-pool; null = on for from-scratch <= 64 px
+    drop_rate: float = 0.0  # dropout probability before the classifier
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments (hidden_sizes, ...)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # sgd, adam, adamw, muon, or sam (which wraps optim.base)
+    lr: float = 1e-3  # peak learning rate, at the first batch size of the schedule
+    weight_decay: float = 0.0  # decoupled for adamw/muon, L2 for sgd/adam
+    fused: Optional[bool] = None  # sgd/adam/adamw: torch's fused kernels; null = on (they skip bad steps for free)
+    decay_norm_and_bias: bool = False  # also decay 1-D tensors (norm weights, biases)
+    momentum: float = 0.9  # sgd and muon momentum
+    nesterov: bool = True  # sgd and muon: Nesterov momentum
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam/adamw (and muon's AdamW part)
+    base: str = "sgd"  # sam: the optimizer taking the step (sgd, adam, adamw, muon)
+    rho: float = 0.05  # sam: radius of the weight perturbation (ASAM wants about 10x more)
+    adaptive: bool = False  # sam: ASAM, the perturbation scaled by |w|
+    fallback_lr: Optional[float] = None  # muon: lr of the AdamW-trained tensors (norms, biases, stem, head); null = lr
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"  # none, step, multistep, plateau, cosine, onecycle
+    warmup_epochs: float = 0.0  # cosine: linear warm-up length in epochs (fractions allowed)
+    warmup_start_factor: float = 0.1  # cosine: lr multiplier at the first warm-up step
+    min_lr: float = 0.0  # lr floor: cosine's end value, plateau's lower bound
+    step_size: int = 30  # step: epochs between decays
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which the lr decays
+    gamma: float = 0.1  # step/multistep/plateau: multiplier at each decay
+    monitor: str = "val_loss"  # plateau: val_loss (min) or val_acc (max)
+    patience: int = 5  # plateau: epochs without improvement before a decay
+    threshold: float = 1e-4  # plateau: relative improvement that counts
+    pct_start: float = 0.3  # onecycle: share of the steps spent rising to the peak
+    div_factor: float = 25.0  # onecycle: start lr = lr / div_factor
+    final_div_factor: float = 1e4  # onecycle: final lr = start lr / final_div_factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 64  # images per forward, summed over all processes (the global batch)
+    batch_size_schedule: Optional[dict[int, int]] = None  # {first epoch (from 0): global batch size}
+    lr_scaling: str = "none"  # couple lr to the scheduled batch size: none, linear, sqrt
+    grad_accum_steps: int = 1  # forwards per optimizer step
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs, benchmarks)
+    max_grad_norm: Optional[float] = None  # clip the global gradient L2 norm; null = no clipping
+    mixed_precision: Optional[str] = None  # no, fp16, bf16; null = whatever `accelerate launch` says
+    label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    mixup: float = 0.0  # mixup beta-distribution alpha; 0 = off
+    cutmix: float = 0.0  # cutmix beta-distribution alpha; 0 = off
+    ema_decay: Optional[float] = None  # weight EMA decay per step (e.g. 0.999); null = no EMA
+    channels_last: Optional[bool] = None  # NHWC memory format; null = by model family and device
+    compile: Union[bool, str] = False  # torch.compile: false, true (= default), default, reduce-overhead, max-autotune
+    eval_batch_size: Optional[int] = None  # global batch for evaluation; null = 2x batch_size
+    resume: str = "auto"  # auto (newest checkpoint in the run dir), never, or a checkpoint folder
+    extend_epochs: bool = False  # resume with another train.epochs: the lr schedule is re-laid over the new length
+    overwrite: bool = False  # with resume=never: replace an existing run dir
+    keep_last: int = 2  # rolling checkpoints kept (the best weights are kept apart)
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+
+
+@dataclass
+class EarlyStopConfig:
+    monitor: str = "val_acc"  # val_acc (max) or val_loss (min); also picks the best checkpoint
+    patience: Optional[int] = None  # epochs without improvement before stopping; null = never stop early
+    min_delta: float = 0.0  # smallest change that counts as an improvement, in the monitor's units
+    warmup_epochs: int = 0  # epochs before early stopping may fire
+
+
+@dataclass
+class LogConfig:
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard, wandb
+    project: str = "hw3"  # WandB project / TensorBoard subfolder
+    run_name: Optional[str] = None  # WandB run name; null = the run dir's name
+    tags: list[str] = field(default_factory=list)  # WandB tags
+    progress: Optional[bool] = None  # progress bar; null = only when stdout is a terminal
+    log_every: int = 50  # steps between the host's looks at the device: bad-step guard, progress bar, grad norm
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    seed: int = 0  # seeds python, numpy and torch on every process
+    output_dir: Optional[str] = None  # run dir; null = runs/<recipe stem> (runs/smoke/<stem> in smoke mode)
+    smoke: bool = False  # 2 steps on synthetic data of the recipe's shape, no download, random weights
+
+
+def compile_mode(cfg: TrainConfig) -> Optional[str]:
+    """torch.compile's mode for `train.compile`, or None when it is off."""
+    if cfg.compile is False:
+        return None
+    return "default" if cfg.compile is True else str(cfg.compile)
+
+
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # compile modes that replay CUDA graphs (static shapes)

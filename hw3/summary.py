@@ -1,0 +1,74 @@
+"""The end of a run: the test split on the best weights, and summary.json's numbers."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+
+from hw3.build import Run, eval_batch_size
+from hw3.evaluation import evaluate
+from hw3.tracking import device_name
+
+
+def test_best(run: Run) -> dict:
+    """Test-split loss and accuracy of the best weights (every process loads them), once, at the end."""
+    if run.data.src.test is None:
+        return {}
+    best = run.run_dir / "best" / "model.safetensors"
+    run.accelerator.wait_for_everyone()
+    if best.is_file():
+        run.net.load_state_dict(load_file(str(best)))
+    result = evaluate(run.net, run.data.eval_batches("test", eval_batch_size(run.cfg.train)), run.accelerator)
+    return dict(
+        test_acc=result["acc"], test_top5_acc=result["top5_acc"], test_loss=result["loss"], test_images=result["count"]
+    )
+
+
+def processes_in_sync(accelerator, net: torch.nn.Module) -> bool:
+    """Do all processes hold bit-identical parameters? (DDP should guarantee it; a fingerprint per process.)"""
+    params = [p.detach().double() for p in net.parameters()]
+    fingerprint = torch.stack(
+        [sum(p.sum() for p in params), sum((i + 1) * p.square().sum() for i, p in enumerate(params))]
+    )
+    everyone = accelerator.gather(fingerprint[None])
+    same = bool((everyone == everyone[0]).all())
+    if not same:
+        accelerator.print("warning: the processes ended with different weights (DDP did not keep them in sync)")
+    return same
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def summary_of(run: Run, test: dict) -> dict:
+    state, cfg, best = run.state, run.cfg, run.best
+    return dict(
+        best_val_acc=best.metrics["acc"] if best.metrics else None,
+        best_val_loss=best.metrics["loss"] if best.metrics else None,
+        best_epoch=best.epoch,
+        best_source=best.source,
+        monitor=cfg.early_stop.monitor,
+        epochs_completed=len(state.history),
+        stopped_early=state.stopped == "early_stop",
+        stopped_reason=state.stopped,
+        stopped_epoch=len(state.history) - 1 if state.stopped else None,
+        **test,
+        wall_time_s=state.wall_time_s,
+        optimizer_steps=state.step,
+        skipped_steps=state.skipped_steps,
+        processes=run.accelerator.num_processes,
+        device=device_name(run.accelerator),
+        mixed_precision=run.accelerator.mixed_precision,
+        peak_memory_gib=peak_memory_gib(run.accelerator.device),
+        model=cfg.model.name,
+        dataset=cfg.data.name,
+        pretrained=bool(cfg.model.pretrained or cfg.model.pretrained_file),
+        image_size=run.card["image_size"],
+        optimizer=cfg.optim.name if cfg.optim.name != "sam" else f"sam({cfg.optim.base})",
+    )
