@@ -1,11 +1,12 @@
-"""The run directory, checkpoints and the best weights.
+"""Checkpoints and the best weights.
 
-Checkpoints are folders hw3 names itself, `checkpoints/epoch0003-batch000000` (epoch in progress, batches of it
-done), never accelerate's automatic `checkpoint_<n>` (its counter is not restored on resume, so names collide).
-A save goes to `checkpoints/.tmp-<name>` and is renamed into place only when every process has written its
-part and `trainer_state.json` is there: a crash mid-save leaves a `.tmp-` folder, which is ignored and
-cleaned up, never a checkpoint that looks complete. The best weights live in `best/`, outside the rolling
-`keep_last`, as safetensors beside a `model.json` that rebuilds the network (hw3.load_model).
+Checkpoints are folders hw3 names itself, `checkpoints/epoch0003-batch000021` (the state after 21 batches of
+epoch 3, counted from 0; an end-of-epoch checkpoint holds all of them), never accelerate's automatic
+`checkpoint_<n>` (its counter is not restored on resume, so names collide). A save goes to
+`checkpoints/.tmp-<name>` and is renamed into place only when every process has written its part and
+`trainer_state.json` is there: a crash mid-save leaves a `.tmp-` folder, which is ignored and cleaned up, never a
+checkpoint that looks complete. The best weights live in `best/`, outside the rolling `keep_last`, as
+safetensors beside a `model.json` that rebuilds the network (hw3.load_model).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hw3.config import TrainConfig
 from hw3.errors import UserError
 from hw3.faults import crash_point
 from hw3.monitor import Monitor
@@ -47,6 +47,8 @@ class TrainState:
     stopped: Optional[str] = None  # why training ended before train.epochs
     world_size: int = 1
     wandb_id: Optional[str] = None
+    launches: list = field(default_factory=list)  # who ran each launch of this run, on what (summary.json)
+    epochs: Optional[int] = None  # train.epochs the lr schedule is laid out over (train.extend_epochs changes it)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,62 +98,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: tuple(map(int, NAME.match(p.name).groups())))
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "command.txt").is_file()
-
-
-def decide_start(cfg: TrainConfig, run_dir: Path) -> tuple[Optional[Path], bool]:
-    """(checkpoint to resume from, whether to wipe the run dir first). Raises UserError; touches nothing."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"output_dir: {run_dir} exists and is not a folder")
-    check_writable(run_dir)
-    occupied = run_dir.is_dir() and any(run_dir.iterdir())
-    if cfg.resume not in ("auto", "never"):
-        path = Path(cfg.resume)
-        if not (path / STATE_FILE).is_file():
-            raise UserError(f"train.resume: {path} is not a complete hw3 checkpoint (no {STATE_FILE})")
-        return path, False
-    if occupied and cfg.overwrite:
-        if not is_run_dir(run_dir):
-            raise UserError(f"train.overwrite: refusing to delete {run_dir}: it is not an hw3 run dir")
-        return None, True
-    if cfg.resume == "never" and occupied:
-        raise UserError(
-            f"output_dir: {run_dir} already holds a run and train.resume=never; "
-            f"set train.overwrite=true to replace it, or choose another output_dir"
-        )
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints:
-        return checkpoints[-1], False
-    # A run that died before its first complete checkpoint has nothing to resume: start it over. A finished run
-    # (summary.json) whose checkpoints are gone, or a folder that is not a run, is someone's result: refuse.
-    if occupied and (not is_run_dir(run_dir) or (run_dir / "summary.json").exists()):
-        raise UserError(
-            f"output_dir: {run_dir} is not empty and holds no hw3 checkpoint to resume; "
-            f"choose another output_dir (or train.overwrite=true for an old hw3 run)"
-        )
-    return None, occupied
-
-
-def check_writable(run_dir: Path) -> None:
-    """Fail early, without writing anything, when the run dir could not be created or written."""
-    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"output_dir: cannot write to {run_dir} ({existing} is not a writable folder)")
-
-
-def prepare_run_dir(run_dir: Path, wipe: bool) -> None:
-    """Create (or empty) the run dir, once the run is known to start. Main process only."""
-    try:
-        if wipe:
-            shutil.rmtree(run_dir)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"output_dir: cannot write to {run_dir} ({e.strerror or e})") from None
-    for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # saves a crash interrupted
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary name, fsync, rename: readers see the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -162,11 +108,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(accelerator, run_dir: Path, components: dict, ema, keep_last: int) -> Path:
-    """Full training state: accelerate's (model, optimizer, scaler, RNG of every process), the EMA's weights and
-    every other component's state_dict() (components["train"] is the TrainState that names the folder)."""
-    state = components["train"]
-    name = checkpoint_name(state.epoch, state.batch)
+def save_checkpoint(
+    accelerator, run_dir: Path, position: tuple[int, int], components: dict, ema, keep_last: int
+) -> Path:
+    """Full training state after `position` = (epoch, batches of it trained): accelerate's (model, optimizer,
+    scaler, RNG of every process), the EMA's weights and every other component's state_dict()."""
+    name = checkpoint_name(*position)
     final = run_dir / "checkpoints" / name
     tmp = final.with_name(f".tmp-{name}")
     if accelerator.is_main_process and tmp.exists():

@@ -1,8 +1,15 @@
-"""`python train.py --recipe PATH [key=value ...]`: parse, load the recipe, run; user mistakes exit 2."""
+"""`python train.py --recipe PATH [key=value ...]`: parse, load the recipe, run; user mistakes exit 2.
+
+SIGINT and SIGTERM end a launch with one line and exit 128 + the signal number at any moment: during training the
+loop saves a checkpoint at the next step boundary (hw3.session); before and after it (imports, data loading,
+the final test) the launch simply stops, and the same command continues from the last checkpoint.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -12,6 +19,14 @@ from hw3.errors import UserError
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print usage and exit; we want one line, exit 2
         raise UserError(message)
+
+
+class Stopped(BaseException):
+    """SIGINT/SIGTERM outside the training loop (a BaseException, so no `except Exception` swallows it)."""
+
+
+def stop(signum, frame):
+    raise Stopped(signum)
 
 
 def parse_train_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -27,6 +42,10 @@ def parse_train_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # a job started with SIGINT ignored keeps it ignored
+            signal.signal(s, stop)
     try:
         args = parse_train_args(argv)
         from hw3.config import load_config, to_yaml
@@ -37,10 +56,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         from hw3.session import train_recipe
 
-        return train_recipe(cfg, args.recipe)
+        command = ["train.py", *(sys.argv[1:] if argv is None else argv)]  # as typed, for the run's records
+        return train_recipe(cfg, args.recipe, command)
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            name = signal.Signals(e.args[0]).name
+            print(f"stopped by {name}; rerun the same command to continue from the last checkpoint", file=sys.stderr)
+        return 128 + e.args[0]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def one_line(message: str) -> str:

@@ -45,13 +45,14 @@ def fit(run: Run) -> None:
             break
         epoch = state.epoch
         metrics = train_one_epoch(run, epoch, batch_size_for(train_cfg, epoch))
+        trained = state.batch  # batches of this epoch (all of them, unless train.max_steps cut it short)
         if finish_epoch(run, epoch, metrics):
             state.stopped = "early_stop"
         if train_cfg.max_steps is not None and state.step >= train_cfg.max_steps:
             state.stopped = state.stopped or "max_steps"
         state.wall_time_s += time.perf_counter() - started
         started = time.perf_counter()
-        save_checkpoint(run.accelerator, run.run_dir, run.components(), run.ema, train_cfg.keep_last)
+        save_checkpoint(run.accelerator, run.run_dir, (epoch, trained), run.components(), run.ema, train_cfg.keep_last)
         crash_point("after_save")
         if interrupted(run, agree=True):
             raise Interrupted(run.agreed_signal)
@@ -86,7 +87,8 @@ def train_one_epoch(run: Run, epoch: int, batch_size: int) -> dict:
             look_at_device(run, bar)
         if interrupted(run):
             run.sums.seconds += time.perf_counter() - started
-            save_checkpoint(run.accelerator, run.run_dir, run.components(), run.ema, train_cfg.keep_last)
+            position = (epoch, state.batch)
+            save_checkpoint(run.accelerator, run.run_dir, position, run.components(), run.ema, train_cfg.keep_last)
             run.accelerator.print(
                 f"stopped by signal {run.agreed_signal} at epoch {epoch} batch {state.batch}; checkpoint saved; "
                 f"rerun the same command to continue"

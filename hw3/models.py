@@ -21,6 +21,7 @@ from torch import nn
 
 from hw3.config import ModelConfig
 from hw3.errors import UserError
+from hw3.hub import go_offline_unless_reachable
 from hw3.registry import did_you_mean
 
 SMALL_INPUT_MAX_SIZE = 64  # px: at or below this, from-scratch resnets get the CIFAR stem by default
@@ -139,23 +140,38 @@ def build_model(
         if not Path(cfg.pretrained_file).is_file():
             raise UserError(f"model.pretrained_file: '{cfg.pretrained_file}' does not exist")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(cfg.pretrained_file))
+    elif pretrained:
+        go_offline_unless_reachable()  # no answer: the local cache only, at once, instead of a minute of retries
     try:
         model = timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise UserError(f"model.kwargs: {cfg.name} does not take these arguments ({e})") from None
-    except (RuntimeError, OSError, ValueError, KeyError) as e:
+    except Exception as e:  # a missing, unreadable or mismatched weights file, or an unreachable Hub
         if not pretrained:
             raise
-        source = cfg.pretrained_file or "the HF Hub"
-        raise UserError(
-            f"model.pretrained: could not load {cfg.name} weights from {source} "
-            f"({str(e).strip().splitlines()[0][:200]}); offline, set model.pretrained_file to a local file"
-        ) from None
+        raise UserError(pretrained_error(cfg, e)) from None
     model.hw3_small_input = wants_small_input(cfg, model, image_size)  # recorded in the exported model card
     if model.hw3_small_input:
         adapt_stem_to_small_input(model, cfg.name)
     check_forward(model, in_chans, image_size, cfg.name)
     return model
+
+
+def pretrained_error(cfg: ModelConfig, error: Exception) -> str:
+    """One whole line on why pretrained weights did not load."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    if cfg.pretrained_file:
+        if "size mismatch" in reason or "Missing key" in reason or "Unexpected key" in reason:
+            what = f"holds weights of another architecture than {cfg.name}"
+        else:
+            what = f"is not a weights file timm can read ({type(error).__name__}: {reason})"
+        return (
+            f"model.pretrained_file: {cfg.pretrained_file} {what}; give a safetensors/.pth file saved from {cfg.name}"
+        )
+    return (
+        f"model.pretrained: {cfg.name}'s weights are not in the local cache and could not be downloaded "
+        f"({type(error).__name__}); without a network, set model.pretrained_file to a weights file"
+    )
 
 
 def adapt_stem_to_small_input(model: nn.Module, name: str) -> None:

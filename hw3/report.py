@@ -44,16 +44,16 @@ def read_run(run_dir: Path) -> dict:
 
 
 def strategy(cfg: dict) -> str:
-    o, s, t = cfg["optim"], cfg["sched"], cfg["train"]
+    optim, sched, train = cfg["optim"], cfg["sched"], cfg["train"]
     name = (
-        f"SAM{' (adaptive)' if o['adaptive'] else ''} rho {o['rho']:g} + {o['base']}"
-        if o["name"] == "sam"
-        else o["name"]
+        f"SAM{' (adaptive)' if optim['adaptive'] else ''} rho {optim['rho']:g} + {optim['base']}"
+        if optim["name"] == "sam"
+        else optim["name"]
     )
-    parts = [f"{name}, lr {o['lr']:g}", s["name"]]
-    parts += [f"label smoothing {t['label_smoothing']:g}"] if t["label_smoothing"] else []
-    parts += ["mixup/cutmix"] if t["mixup"] or t["cutmix"] else []
-    parts += [f"EMA {t['ema_decay']:g}"] if t["ema_decay"] else []
+    parts = [f"{name}, lr {optim['lr']:g}", sched["name"]]
+    parts += [f"label smoothing {train['label_smoothing']:g}"] if train["label_smoothing"] else []
+    parts += ["mixup/cutmix"] if train["mixup"] or train["cutmix"] else []
+    parts += [f"EMA {train['ema_decay']:g}"] if train["ema_decay"] else []
     return ", ".join(parts)
 
 
@@ -80,7 +80,8 @@ def row(run: dict) -> dict:
     pretrained = "yes" if model["pretrained"] or model["pretrained_file"] else "no"
     best_val = summary["best_val_acc"] if summary else max((r["val_acc"] for r in rows), default=None)
     test = summary.get("test_acc") if summary else None
-    epochs = f"{len(rows)}/{cfg['train']['epochs']}" + ("" if summary else " (running)")
+    planned = (summary or {}).get("epochs") or cfg["train"]["epochs"]  # train.extend_epochs may have changed it
+    epochs = f"{len(rows)}/{planned}" + ("" if summary else " (running)")
     wall = summary["wall_time_s"] if summary else sum(r["epoch_time_s"] for r in rows)
     size = summary["image_size"] if summary else cfg["data"]["image_size"] or "native"
     pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731

@@ -10,7 +10,6 @@ import json
 import platform
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -66,12 +65,15 @@ class Tracker:
         self.accelerator, self.run_dir, self.log = accelerator, run_dir, log
         self.main = accelerator.is_main_process
 
-    def start(self, cfg: Config, history: list[dict], wandb_id: Optional[str], resumed_from: Optional[Path]) -> None:
+    def start(
+        self, cfg: Config, history: list[dict], wandb_id: Optional[str], resumed_from: Optional[Path], command: list
+    ) -> None:
         """config.yaml, a command.txt entry, metrics.jsonl rewritten to the checkpoint's history, trackers."""
         if self.main:
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            if not (self.run_dir / "config.yaml").exists():  # the record of what ran: never rewritten
+                write_atomic(self.run_dir / "config.yaml", to_yaml(cfg).encode())
             with open(self.run_dir / "command.txt", "a") as f:
-                f.write(self.session_header(resumed_from))
+                f.write(self.session_header(resumed_from, command))
             write_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
         if self.log.trackers:
             init = {
@@ -85,15 +87,15 @@ class Tracker:
             }
             self.accelerator.init_trackers(self.log.project, config=flatten(cfg), init_kwargs=init)
 
-    def session_header(self, resumed_from: Optional[Path]) -> str:
-        acc = self.accelerator
-        argv = " ".join(shlex.quote(a) for a in sys.argv)
+    def session_header(self, resumed_from: Optional[Path], command: list) -> str:
+        accelerator = self.accelerator
+        argv = " ".join(shlex.quote(str(a)) for a in command)
         return (
             f"# {datetime.datetime.now().isoformat(timespec='seconds')}"
             f"{f' (resumed from {resumed_from})' if resumed_from else ''}\n"
             f"argv: {argv}\ncwd: {Path.cwd()}\ngit: {git_revision()}\n{versions()}\n"
-            f"processes: {acc.num_processes} ({acc.distributed_type.value}), device: {device_name(acc)}, "
-            f"mixed precision: {acc.mixed_precision}\n\n"
+            f"processes: {accelerator.num_processes} ({accelerator.distributed_type.value}), "
+            f"device: {device_name(accelerator)}, mixed precision: {accelerator.mixed_precision}\n\n"
         )
 
     def epoch(self, row: dict, best: bool) -> None:
@@ -124,9 +126,14 @@ def console_line(row: dict, best: bool) -> str:
     if "ema_val_acc" in row:
         line += f" (ema {row['ema_val_acc']:.2%})"
     line += (
-        f" | lr {row['lr']:.2e} | bs {row['batch_size']} | {row['images_per_s']:,.0f} img/s | "
+        f" | lr {row['lr']:.2e} | bs {row['batch_size']} | {images_per_s(row['images_per_s'])} img/s | "
         f"{row['epoch_time_s']:.1f}s"
     )
     if row.get("skipped_steps"):
         line += f" | {row['skipped_steps']} skipped"
     return line + (" *" if best else "")
+
+
+def images_per_s(value: float) -> str:
+    """1,234 or 0.42: whole numbers when there are some, two significant digits for a slow smoke run."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"

@@ -138,9 +138,13 @@ def step(run, *micro_batches, measure_norm=True) -> None:
 
 def checkpoint_after_epoch(run_dir: Path, epoch: int) -> Path:
     """The end-of-epoch checkpoint written after epoch `epoch` (0-based) finished."""
-    path = run_dir / "checkpoints" / f"epoch{epoch + 1:04d}-batch000000"
-    assert (path / "trainer_state.json").is_file(), f"no checkpoint after epoch {epoch} in {run_dir}"
-    return path
+    ends = [
+        path
+        for path in (run_dir / "checkpoints").glob(f"epoch{epoch:04d}-batch*")
+        if json.loads((path / "trainer_state.json").read_text())["train"]["epoch"] == epoch + 1
+    ]
+    assert len(ends) == 1, f"no checkpoint after epoch {epoch} in {run_dir}"
+    return ends[0]
 
 
 def script_validation(monkeypatch, per_epoch: list[dict]) -> None:

@@ -9,13 +9,16 @@ import pytest
 import timm
 from safetensors.torch import save_file
 
-from formats import write_hub_parquet, write_pets
+from hw3.rundir import LOCK_FILE, RunDirLock
+
+from formats import write_hub_parquet, write_imagefolder, write_pets
 from helpers import RECIPES, ROOT, run_subprocess
 
 QUICK = str(RECIPES / "quickstart.yaml")
 
-# name: (recipe args and overrides, text the error must contain). "{run}" is an existing finished run dir,
-# "{new}" a fresh one, "{tmp}" this test's scratch folder (files below are written there first).
+# name: (recipe args and overrides, text the error must contain). "{run}" is an existing finished run dir (1 epoch
+# of the quickstart), "{new}" a fresh one, "{busy}" a run dir whose lock this test holds, "{tmp}" this test's
+# scratch folder (files below are written there first).
 CASES = {
     "unknown key": ([QUICK, "optim.lrr=0.1", "output_dir={run}"], "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
     "unknown section": ([QUICK, "optimizer.lr=0.1", "output_dir={run}"], "unknown key 'optimizer"),
@@ -58,32 +61,32 @@ CASES = {
         "train.grad_accum_steps: SAM needs",
     ),
     "missing data offline": (
-        [QUICK, "data.name=mnist", "data.root={tmp}/empty", "output_dir={run}"],
-        "MNIST/raw; set data.download=true",
+        [QUICK, "data.name=mnist", "data.root={tmp}/empty", "output_dir={new}"],
+        "data.name=mnist: files not found (or corrupt) under",
     ),
     "hf without path": ([QUICK, "data.name=hf", "output_dir={run}"], "data.path: required with data.name=hf"),
     "hf missing column": (
-        [QUICK, "data.name=hf", "data.path={tmp}/mnist_parquet", "data.image_column=img", "output_dir={run}"],
+        [QUICK, "data.name=hf", "data.path={tmp}/mnist_parquet", "data.image_column=img", "output_dir={new}"],
         "data.image_column: no column 'img'",
     ),
     "device loader impossible": (
-        [QUICK, "data.name=oxford_pet", "data.root={tmp}/pets", "data.loader=device", "output_dir={run}"],
+        [QUICK, "data.name=oxford_pet", "data.root={tmp}/pets", "data.loader=device", "output_dir={new}"],
         "data.loader=device is not possible",
     ),
     "image too small for model": (
-        [QUICK, "model.name=vit_tiny_patch16_224", "output_dir={run}"],
+        [QUICK, "model.name=vit_tiny_patch16_224", "output_dir={new}"],
         "data.image_size=8: vit_tiny_patch16_224 cannot take 8x8",
     ),
     "missing pretrained_file": (
-        [QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/none.safetensors", "output_dir={run}"],
+        [QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/none.safetensors", "output_dir={new}"],
         "model.pretrained_file: '",
     ),
     "mismatched pretrained_file": (
-        [QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/resnet50.safetensors", "output_dir={run}"],
+        [QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/resnet50.safetensors", "output_dir={new}"],
         "resnet50.safetensors",
     ),
     "pretrained offline": (
-        [QUICK, "model.name=resnet18", "model.pretrained=true", "output_dir={run}"],
+        [QUICK, "model.name=resnet18", "model.pretrained=true", "output_dir={new}"],
         "set model.pretrained_file",
     ),
     "resume path missing": ([QUICK, "train.resume={tmp}/no-such-checkpoint", "output_dir={new}"], "train.resume: "),
@@ -98,6 +101,27 @@ CASES = {
         "already holds a run and train.resume=never",
     ),
     "overwrite a folder not a run": ([QUICK, "train.overwrite=true", "output_dir={tmp}"], "refusing to delete"),
+    "bad weights file": (
+        [QUICK, "model.name=resnet18", "model.pretrained_file={tmp}/junk.pth", "output_dir={new}"],
+        "junk.pth is not a weights file timm can read",
+    ),
+    "image folder without images": (
+        [QUICK, "data.name=imagefolder", "data.root={tmp}/no_images", "output_dir={new}"],
+        "no class folder holds images; a classifier needs <root>/train/<class>/<image> for 2 classes or more",
+    ),
+    "image folder with one class": (
+        [QUICK, "data.name=imagefolder", "data.root={tmp}/one_class", "output_dir={new}"],
+        "only class 'cat' has images",
+    ),
+    "another recipe on resume": (
+        [QUICK, "train.epochs=1", "optim.lr=0.5", "model.drop_rate=0.1", "output_dir={run}"],
+        "was trained with another recipe (model.drop_rate 0.0 -> 0.1, optim.lr 0.003 -> 0.5); use another output_dir",
+    ),
+    "epochs changed on resume": (
+        [QUICK, "train.epochs=3", "output_dir={run}"],
+        "train.epochs: 1 -> 3 for the run in",
+    ),
+    "run dir in use": ([QUICK, "train.epochs=1", "output_dir={busy}"], "is in use by another hw3 run (pid "),
     "corrupt image": (
         [
             QUICK,
@@ -114,10 +138,11 @@ CASES = {
 
 
 def digest(folder: Path) -> dict:
+    """Content and modification time of every file, but the lock: each launch that gets it writes its pid there."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 
@@ -137,17 +162,24 @@ def table(tmp_path_factory):
     pets = write_pets(tmp / "pets")
     sorted((pets / "images").glob("*.jpg"))[2].write_bytes(b"\xff\xd8\xff\xe0 broken")
     save_file(timm.create_model("resnet50").state_dict(), str(tmp / "resnet50.safetensors"))
+    (tmp / "junk.pth").write_text("not a weights file")
+    for label in ("cat", "dog"):
+        (tmp / "no_images" / "train" / label).mkdir(parents=True)
+        (tmp / "no_images" / "train" / label / "notes.txt").write_text("no image here")
+    write_imagefolder(tmp / "one_class", classes=["cat"])
     before = digest(run)
     ckpt = next((run / "checkpoints").iterdir())
+    busy = RunDirLock(tmp / "busy")  # held by this process for the whole table
 
     def launch(name):
         args, _ = CASES[name]
         new = tmp / f"new-{abs(hash(name))}"
-        filled = [a.format(tmp=tmp, run=run, new=new, ckpt=ckpt) for a in args]
+        filled = [a.format(tmp=tmp, run=run, new=new, ckpt=ckpt, busy=tmp / "busy") for a in args]
         return name, run_subprocess(["--recipe", *filled], cwd=tmp)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = dict(pool.map(launch, CASES))
+    busy.release()
     return results, before, digest(run)
 
 

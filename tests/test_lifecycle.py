@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import hw3.build
 from hw3.checkpoint import list_checkpoints
 
-from helpers import METRIC_KEYS, RECIPES, ROOT, read_metrics, read_summary, run_subprocess
+from helpers import METRIC_KEYS, RECIPES, ROOT, Killed, kill_at, read_metrics, read_summary, run_subprocess
 
 QUICK = RECIPES / "quickstart.yaml"
 # The contract's columns that do not depend on wall-clock time, plus two more.
@@ -76,7 +76,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_bit_for_bit(uninterrupt
     args = ["--recipe", QUICK, *RICH, f"output_dir={tmp_path / 'run'}"]
     crashed = run_subprocess(args, cwd=ROOT, HW3_CRASH_AT="train_step:50")  # epoch 1 has steps 41..82
     assert crashed.code == -9
-    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0001-batch000000"]
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0000-batch000041"]  # 1,294 at 32
     resumed = run_subprocess(args, cwd=ROOT)
     assert resumed.code == 0, resumed.err[-3000:]
     assert "resuming from" in resumed.out
@@ -116,16 +116,19 @@ def test_early_stopping_fires_on_time_and_keeps_the_best(train, tmp_path):
     summary = read_summary(tmp_path / "run")
     assert summary["stopped_early"] is True and summary["epochs_completed"] == 3 and summary["stopped_epoch"] == 2
     assert summary["best_epoch"] == 0
-    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0003-batch000000"]  # keep_last=1 ...
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0002-batch000021"]  # keep_last=1 ...
     assert json.loads((tmp_path / "run" / "best" / "meta.json").read_text())["epoch"] == 0  # ... best kept apart
     again = train(*args)  # rerunning a finished run trains nothing more
     assert again.code == 0 and read_summary(tmp_path / "run")["epochs_completed"] == 3
 
 
-def test_early_stopping_state_survives_a_resume(train, tmp_path):
-    base = [*FROZEN, "early_stop.patience=3", f"output_dir={tmp_path / 'run'}"]
-    assert train(*base, "train.epochs=2").code == 0  # epoch 1: one epoch without improvement so far
-    assert train(*base, "train.epochs=20").code == 0
+def test_early_stopping_state_survives_a_resume(train, tmp_path, monkeypatch):
+    args = [*FROZEN, "early_stop.patience=3", "train.epochs=20", f"output_dir={tmp_path / 'run'}"]
+    kill_at(monkeypatch, "after_save", 2)  # after epoch 1: one epoch without improvement so far
+    with pytest.raises(Killed):
+        train(*args)
+    monkeypatch.undo()
+    assert train(*args).code == 0
     assert read_summary(tmp_path / "run")["epochs_completed"] == 4  # stops after epoch 3, not 1 + 4
 
 
@@ -217,7 +220,7 @@ def test_wandb_offline_history_and_resumed_run_id(train, tmp_path):
         f"output_dir={tmp_path / 'run'}",
     ]
     assert train(*args, "train.epochs=1").code == 0
-    assert train(*args, "train.epochs=2").code == 0
+    assert train(*args, "train.epochs=2", "train.extend_epochs=true").code == 0
     runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     ids = {re.match(r"offline-run-\d{8}_\d{6}-([0-9a-z]+)", r.name).group(1) for r in runs}
     assert len(runs) == 2 and len(ids) == 1  # one run id, continued (wandb adds "-1" to a folder name taken)
@@ -260,7 +263,7 @@ def test_consecutive_nan_steps_stop_the_run_cleanly(train, tmp_path, monkeypatch
     result = train(*args, f"output_dir={tmp_path / 'run'}")
     assert result.code == 1
     assert "error: 5 consecutive non-finite steps (loss or gradient) by epoch 1, step 35 " in result.err
-    assert "(train.max_bad_steps=5); last good checkpoint: " in result.err and "epoch0001-batch000000" in result.err
+    assert "(train.max_bad_steps=5); last good checkpoint: " in result.err and "epoch0000-batch000021" in result.err
     summary = read_summary(tmp_path / "run")
     assert summary["stopped_reason"] == "non_finite" and summary["epochs_completed"] == 1
     assert summary["skipped_steps"] == 5

@@ -110,7 +110,7 @@ def test_two_processes_killed_mid_epoch_resume_bit_for_bit(runs, tmp_path):
     assert resumed.code == 0, resumed.err[-3000:]
     assert "resuming from" in resumed.out
     assert deterministic(read_metrics(tmp_path / "run")) == deterministic(read_metrics(reference))
-    final = "checkpoints/epoch0004-batch000000/model.safetensors"
+    final = "checkpoints/epoch0003-batch000021/model.safetensors"  # 647 images per process at 32
     mine, theirs = load_file(str(tmp_path / "run" / final)), load_file(str(reference / final))
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 

@@ -60,3 +60,8 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
         assert code == 0, f"{command}\n{capsys.readouterr().err}"
         ran.append(command)
     assert ran == COMMANDS and len(ran) >= 8
+
+
+def test_the_readmes_recipe_block_is_the_quickstart_recipe():
+    block = re.search(r"```yaml\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert block + "\n" == (ROOT / "recipes" / "quickstart.yaml").read_text()

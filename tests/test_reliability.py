@@ -44,7 +44,7 @@ def test_a_failed_save_is_reported_and_keeps_the_previous_checkpoint(train, tmp_
     assert result.code == 2
     assert "checkpoint: saving" in result.err and "No space left on device" in result.err
     assert "the previous checkpoint is kept" in result.err
-    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0001-batch000000"]
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0000-batch000021"]
     monkeypatch.setattr(Accelerator, "save_state", real)
     resumed = train("--recipe", QUICK, "train.epochs=3", f"output_dir={tmp_path / 'run'}")
     assert resumed.code == 0 and read_summary(tmp_path / "run")["epochs_completed"] == 3
@@ -63,7 +63,7 @@ def test_a_tampered_checkpoint_is_refused_without_running_its_code(train, tmp_pa
     (ckpt / "optimizer.bin").write_bytes(pickle.dumps({"state": Exploit()}))
     if os.path.exists("/tmp/hw3-pwned"):
         os.remove("/tmp/hw3-pwned")
-    result = train("--recipe", QUICK, "train.epochs=2", f"output_dir={tmp_path / 'run'}")
+    result = train("--recipe", QUICK, "train.epochs=2", "train.extend_epochs=true", f"output_dir={tmp_path / 'run'}")
     assert result.code == 2 and "refusing to unpickle" in result.err
     assert not os.path.exists("/tmp/hw3-pwned")
 
