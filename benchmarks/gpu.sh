@@ -3,7 +3,7 @@
 #   1. hw3's training step against a hand-written loop (benchmarks/gpu_step.py), same model, precision, layout
 #      and batch, eager and under torch.compile(mode="reduce-overhead") (CUDA graphs): CIFAR-stem ResNet-18 at
 #      batch 512 and 128, the SAM + ResNeSt-26d step of recipes/cifar100_sam.yaml, ResNet-50 at 224 px;
-#      fused against foreach SGD inside hw3's step;
+#      fused against foreach SGD inside hw3's step; the device-resident input path against torchvision's;
 #   2. the GPU tests (pytest -m gpu).
 # Targets (issue 12, bf16 on an H100/H200): hw3 eager >= 1.0x the eager hand loop (>= 49k img/s at batch 512),
 # with CUDA graphs >= 75k img/s at 512 and >= 35k at 128; the cifar100_sam step >= 6k img/s.
@@ -35,6 +35,7 @@ step 60 --model resnet50 --image-size 224 --batch-size 256 --precision bf16 --ch
 step 150 $R18 --batch-size 512 --compile reduce-overhead
 step 100 $R18 --batch-size 128 --compile reduce-overhead
 step 180 --model resnest26d --batch-size 128 --precision bf16 --channels-last --sam --compile reduce-overhead
+timeout 60 python benchmarks/input_path.py --images 50000 --batch-size 512 --workers 8 2>&1 | tail -3 | tee -a "$LOG"
 say "benchmarks took $(( $(date +%s) - started )) s"
 timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -3 | tee -a "$LOG"
 say "gpu.sh took $(( $(date +%s) - started )) s"

@@ -97,3 +97,13 @@ def test_report_reads_a_run_in_progress(finished, tmp_path):
     out = tmp_path / "r.md"
     assert report_main([str(running), "--out", str(out)]) == 0
     assert "| 3/3 (running) |" in out.read_text()
+
+
+def test_the_confusion_plot_names_the_split_and_the_weights(finished, monkeypatch):
+    import hw3.evaluate
+
+    titles = []
+    monkeypatch.setattr(hw3.evaluate, "plot_confusion", lambda confusion, classes, path, title: titles.append(title))
+    assert evaluate_main([str(finished / "adamw"), "--checkpoint", "last"]) == 0
+    accuracy = json.loads((finished / "adamw" / "eval" / "test-last" / "metrics.json").read_text())["acc"]
+    assert titles == [f"test split, last weights: top-1 {accuracy:.2%}"]
