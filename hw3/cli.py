@@ -77,3 +77,7 @@ def one_line(message: str) -> str:
     if len(lines) > 1 and "Traceback" in message:
         return lines[-1].split("UserError: ", 1)[-1]
     return " ".join(lines)
+
+
+if __name__ == "__main__":  # `python -m hw3.cli` is train.py wherever hw3 is installed (hw3.sweep uses it)
+    sys.exit(main())

@@ -1,6 +1,7 @@
 """Compare runs the way the known report did:
 
     python -m hw3.report RUN_DIR [RUN_DIR ...] [--out report.md]
+    python -m hw3.report SWEEP_DIR        (see hw3.sweep: mean ± std per combination, into the sweep dir)
 
 A markdown table (strategy, model, pretrained, image size, epochs, best val accuracy, test accuracy, wall time,
 hardware), one row per run, and learning curves (loss and accuracy per epoch, one colour per run) saved next to
@@ -141,11 +142,21 @@ def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
 
 
 def report_main(argv: Optional[Sequence[str]] = None) -> int:
+    from hw3.sweep_report import is_sweep_dir, write_sweep_report
+
     p = Parser(prog="python -m hw3.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("run_dirs", nargs="+", type=Path, help="run dirs, or one sweep dir (hw3.sweep --out)")
     p.add_argument("--out", type=Path, default=Path("report.md"))
     try:
         args = p.parse_args(argv)
+        sweeps = [d for d in args.run_dirs if is_sweep_dir(d)]
+        if sweeps:
+            if len(args.run_dirs) > 1:
+                raise UserError(f"{sweeps[0]} is a sweep dir: report it alone (it gets sweep.md, not --out)")
+            table = write_sweep_report(sweeps[0])
+            print(table, end="")
+            print(f"wrote {sweeps[0] / 'sweep.json'}, {sweeps[0] / 'sweep.md'}, {sweeps[0] / 'sweep_val_acc.png'}")
+            return 0
         written = write_report(args.run_dirs, args.out)
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)

@@ -57,6 +57,8 @@ def test_print_config_prints_the_resolved_recipe_and_touches_nothing(tmp_path):
         ["--recipe", QUICK, "--print-config", "optim.lr=1e-3", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path
     )
     assert result.code == 0, result.err
+    flow = result.out.replace("{}", "").replace("[]", "")  # empty ones aside, block style: one key per line
+    assert "{" not in flow and "[" not in flow
     printed = yaml.safe_load(result.out)
     assert printed["optim"]["lr"] == 0.001 and printed["model"]["name"] == "simple_cnn"
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()

@@ -17,6 +17,7 @@ from helpers import ROOT, accelerate_bin, child_env
 BLOCKS = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
 QUICKSTART = BLOCKS[0].splitlines()[0].split("&&")[-1].strip()  # accelerate launch train.py --recipe ...
 COMMANDS = [line.split("  #")[0].strip() for block in BLOCKS[1:] for line in block.splitlines() if line.strip()]
+SWEEPS = [c for c in COMMANDS if c.startswith("python -m hw3.sweep")]
 
 
 def test_the_readme_has_the_commands_this_test_runs():
@@ -55,6 +56,9 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
             code = report_main(argv[3:])
         elif argv[:3] == ["accelerate", "launch", "--config_file"]:
             code = launch_in_smoke_mode(argv, tmp_path)
+        elif argv[:3] == ["python", "-m", "hw3.sweep"]:
+            assert command in SWEEPS  # 9 runs: test_the_readmes_sweep_runs, marked slow, runs it as written
+            code = 0
         else:
             pytest.fail(f"README command not covered by this test: {command}")
         assert code == 0, f"{command}\n{capsys.readouterr().err}"
@@ -65,3 +69,20 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
 def test_the_readmes_recipe_block_is_the_quickstart_recipe():
     block = re.search(r"```yaml\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S).group(1)
     assert block + "\n" == (ROOT / "recipes" / "quickstart.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_the_readmes_sweep_runs(tmp_path, monkeypatch, capsys):
+    """The README's sweep, as written: 3 optimizers x 3 seeds on the digits, and the table it printed."""
+    from hw3.sweep import sweep_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    assert len(SWEEPS) == 1
+    assert sweep_main(shlex.split(SWEEPS[0])[3:]) == 0
+    table = capsys.readouterr().out.splitlines()[-5:]
+    readme = (ROOT / "README.md").read_text()
+    assert table[0] in readme and len(table) == 5
+    rows = [line.split(" | ") for line in table[2:]]
+    assert sorted(row[0].lstrip("| ") for row in rows) == ["name-adamw", "name-sam", "name-sgd"]
+    assert all(row[2] == "3" for row in rows)

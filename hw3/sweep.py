@@ -1,0 +1,229 @@
+"""Compare strategies with statistics: every combination of a grid of recipe values, times N seeds, each one an
+ordinary hw3 run, summarized as mean ± std per combination.
+
+    python -m hw3.sweep --recipe RECIPE --grid KEY=V1,V2[,...] [--grid ...] --seeds N --out DIR
+        [--parallel K] [--print-commands] [key=value ...]
+
+Run `<combination>-s<seed>` lives in DIR/<combination>-s<seed>/ and is made by `python -m hw3.cli` (what train.py
+runs), so it resumes, evaluates and reports like any run. The same command again continues what is unfinished
+and skips what is complete. `--print-commands` prints one shell command per run instead of running them (for a
+SLURM array, GNU parallel, a Kubernetes job); `python -m hw3.report DIR` then summarizes whatever has finished.
+Each grid value is parsed as YAML like any override; commas inside [...] or {...} do not split values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from queue import Queue
+from typing import Optional, Sequence
+
+from hw3.cli import Parser, one_line
+from hw3.errors import UserError
+
+PLAN_FILE = "sweep_plan.json"
+SET_BY_THE_SWEEP = ("seed", "output_dir")
+
+
+@dataclass
+class PlannedRun:
+    name: str  # its folder in the sweep dir: "<combination>-s<seed>"
+    combination: str  # the readable name of its grid values
+    params: dict  # grid key -> value, as given on the command line
+    seed: int
+    overrides: list  # every key=value it is launched with
+
+
+def split_values(text: str) -> list[str]:
+    """ "a,b,[1, 2],{x: 1, y: 2}" -> ["a", "b", "[1, 2]", "{x: 1, y: 2}"]: commas at the top level only."""
+    values, depth, current, quote = [], 0, "", None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+            continue
+        current += ch
+    values.append(current.strip())
+    return values
+
+
+def parse_grid(items: Sequence[str], overrides: Sequence[str]) -> dict[str, list[str]]:
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        values = split_values(text) if sep else []
+        if not key or not sep or not all(values):
+            raise UserError(f"--grid '{item}': write KEY=V1,V2[,...], e.g. optim.lr=0.01,0.1")
+        if key in grid:
+            raise UserError(f"--grid: '{key}' is given twice")
+        grid[key] = values
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in grid:
+            raise UserError(f"'{key}' is given twice: in --grid and as an override ({item})")
+    for key in [*grid, *(item.partition("=")[0].strip() for item in overrides)]:
+        if key in SET_BY_THE_SWEEP:
+            raise UserError(f"'{key}' is set by the sweep (--seeds, --out); leave it out of --grid and the overrides")
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise UserError(f"override '{twice[0]}' is given twice")
+    return grid
+
+
+def combination_name(params: dict) -> str:
+    """optim.name=sam, optim.lr=0.1 -> "name-sam_lr-0.1" (the full key where two keys end alike)."""
+    last = [key.rsplit(".", 1)[-1] for key in params]
+    parts = []
+    for key, short, value in zip(params, last, params.values(), strict=True):
+        label = short if last.count(short) == 1 else key
+        parts.append(f"{label}-{re.sub(r'[^A-Za-z0-9.+-]+', '_', value).strip('_') or 'null'}")
+    return "_".join(parts) or "recipe"
+
+
+def plan(recipe: str, grid: dict, seeds: int, out: Path, overrides: Sequence[str]) -> list[PlannedRun]:
+    """Every run of the sweep, each checked to load as a recipe before anything starts."""
+    from hw3.config import load_config
+
+    runs = []
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values, strict=True))
+        combination = combination_name(params)
+        for seed in range(seeds):
+            name = f"{combination}-s{seed}"
+            items = [*overrides, *(f"{k}={v}" for k, v in params.items()), f"seed={seed}", f"output_dir={out / name}"]
+            load_config(recipe, items)  # a grid or override error: one line, before any run
+            runs.append(PlannedRun(name, combination, params, seed, items))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError(f"--grid: two combinations get the same folder name ({names[0]}...); use distinct values")
+    return runs
+
+
+def command(recipe: str, run: PlannedRun) -> list[str]:
+    return [sys.executable, "-m", "hw3.cli", "--recipe", recipe, *run.overrides]
+
+
+def completed(recipe: str, run: PlannedRun) -> bool:
+    """Would this run say "complete"? (The same decision as `train.py` makes; a changed recipe raises.)"""
+    from hw3.config import load_config
+    from hw3.rundir import decide_start
+
+    cfg = load_config(recipe, run.overrides)
+    run_dir = Path(cfg.output_dir)
+    return run_dir.is_dir() and decide_start(cfg, run_dir).done is not None
+
+
+def run_all(recipe: str, runs: list[PlannedRun], out: Path, parallel: int) -> int:
+    """Launch the runs that are not complete, `parallel` at a time; returns how many failed."""
+    todo = [run for run in runs if not completed(recipe, run)]  # a run dir with another recipe stops it here
+    print(f"{len(runs)} runs: {len(runs) - len(todo)} complete, {len(todo)} to run, {parallel} at a time", flush=True)
+    slots: Queue = Queue()
+    for env in slot_environments(parallel):
+        slots.put(env)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    def launch(run: PlannedRun) -> int:
+        env = slots.get()
+        started = time.perf_counter()
+        try:
+            with open(out / "logs" / f"{run.name}.log", "w") as log:
+                code = subprocess.run(command(recipe, run), env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        finally:
+            slots.put(env)
+        print(
+            f"{run.name}: {outcome(out / run.name, out / 'logs' / f'{run.name}.log', code)} "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+        return code
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        codes = list(pool.map(launch, todo))
+    return sum(code != 0 for code in codes)
+
+
+def outcome(run_dir: Path, log: Path, code: int) -> str:
+    if code != 0:
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        return f"failed (exit {code}): {lines[-1] if lines else 'no output'}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    test = f", test acc {summary['test_acc']:.2%}" if summary.get("test_acc") is not None else ""
+    return f"done, best val acc {summary['best_val_acc']:.2%}{test}"
+
+
+def slot_environments(parallel: int) -> list[dict]:
+    """One environment per concurrent run: its own GPU when there are GPUs, a share of the CPU threads otherwise."""
+    import torch
+
+    base = dict(os.environ)
+    gpus = torch.cuda.device_count()
+    if gpus:
+        if parallel > gpus:
+            raise UserError(f"--parallel {parallel}: one run per GPU, and this machine has {gpus}")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
+        return [{**base, "CUDA_VISIBLE_DEVICES": visible[i]} for i in range(parallel)]
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    return [{**base, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(parallel)]
+
+
+def parse_sweep_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = Parser(prog="python -m hw3.sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to try for one key")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every combination")
+    p.add_argument("--out", type=Path, required=True, help="the sweep dir")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time on this machine")
+    p.add_argument("--print-commands", action="store_true", help="print one command per run instead of running")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+    args = p.parse_args(argv)
+    if args.seeds < 1 or args.parallel < 1:
+        raise UserError("--seeds and --parallel: at least 1")
+    return args
+
+
+def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
+    from hw3.sweep_report import write_sweep_report
+
+    try:
+        args = parse_sweep_args(argv)
+        grid = parse_grid(args.grid, args.overrides)
+        runs = plan(args.recipe, grid, args.seeds, args.out, args.overrides)
+        args.out.mkdir(parents=True, exist_ok=True)
+        plan_record = dict(recipe=args.recipe, grid=grid, seeds=args.seeds, runs=[asdict(r) for r in runs])
+        (args.out / PLAN_FILE).write_text(json.dumps(plan_record, indent=1))
+        if args.print_commands:
+            print("\n".join(shlex.join(["python", *command(args.recipe, run)[1:]]) for run in runs))
+            return 0
+        failed = run_all(args.recipe, runs, args.out, args.parallel)
+        table = write_sweep_report(args.out)
+    except UserError as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    print(table, end="")
+    if failed:
+        print(f"{failed} run(s) failed; their logs are in {args.out / 'logs'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(sweep_main())

@@ -1,0 +1,128 @@
+"""A sweep dir -> sweep.json, sweep.md and sweep_val_acc.png: per combination of grid values, the number of finished
+runs and the mean, sample standard deviation, min and max over seeds of the best validation accuracy (and loss)
+and the test accuracy, sorted by the recipe's monitored metric. Runs not finished yet are left out (n says how
+many went in), so it can be written while a sweep runs on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from hw3.errors import UserError
+
+METRICS = ("best_val_acc", "best_val_loss", "test_acc")
+
+
+def statistics_of(values: list[float], name: str) -> dict:
+    """{name_mean, name_std, name_min, name_max}; std is the sample standard deviation (n - 1), null below 2."""
+    if not values:
+        return {f"{name}_{k}": None for k in ("mean", "std", "min", "max")}
+    return {
+        f"{name}_mean": statistics.fmean(values),
+        f"{name}_std": statistics.stdev(values) if len(values) > 1 else None,
+        f"{name}_min": min(values),
+        f"{name}_max": max(values),
+    }
+
+
+def finished_runs(out: Path, names: list[str]) -> list[tuple[str, dict, list[dict]]]:
+    """(name, summary, metrics rows) of each run with a summary.json, in plan order."""
+    found = []
+    for name in names:
+        summary_file = out / name / "summary.json"
+        if summary_file.is_file():
+            rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines() if line]
+            found.append((name, json.loads(summary_file.read_text()), rows))
+    return found
+
+
+def summarize(out: Path) -> dict:
+    plan_file = out / "sweep_plan.json"
+    if not plan_file.is_file():
+        raise UserError(f"{out}: not a sweep dir (no sweep_plan.json)")
+    plan = json.loads(plan_file.read_text())
+    from hw3.config import load_config
+
+    monitor = load_config(plan["recipe"], plan["runs"][0]["overrides"]).early_stop.monitor
+    groups: dict[str, dict] = {}
+    for run in plan["runs"]:
+        groups.setdefault(run["combination"], dict(params=run["params"], names=[]))["names"].append(run["name"])
+    entries = []
+    for combination, group in groups.items():
+        runs = finished_runs(out, group["names"])
+        entry = dict(combination=combination, params=group["params"], n=len(runs), runs=[name for name, _, _ in runs])
+        for metric in METRICS:
+            entry.update(statistics_of([s[metric] for _, s, _ in runs if s.get(metric) is not None], metric))
+        entry["wall_time_s_mean"] = statistics.fmean([s["wall_time_s"] for _, s, _ in runs]) if runs else None
+        entry["val_acc_per_epoch"] = [[row["val_acc"] for row in rows] for _, _, rows in runs]
+        entries.append(entry)
+    key, reverse = ("best_val_acc_mean", True) if monitor == "val_acc" else ("best_val_loss_mean", False)
+    missing = float("-inf") if reverse else float("inf")
+    entries.sort(key=lambda e: e[key] if e[key] is not None else missing, reverse=reverse)
+    return dict(recipe=plan["recipe"], grid=plan["grid"], seeds=plan["seeds"], monitor=monitor, combinations=entries)
+
+
+def plus_minus(entry: dict, metric: str) -> str:
+    mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
+    if mean is None:
+        return "-"
+    return f"{mean:.2%} ± {std * 100:.2f}" if std is not None else f"{mean:.2%}"
+
+
+def sweep_table(sweep: dict) -> str:
+    keys = list(sweep["grid"])
+    head = ["combination", *keys, "n", "best val acc", "test acc", "test acc min-max", "wall time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in sweep["combinations"]:
+        spread = f"{e['test_acc_min']:.2%}-{e['test_acc_max']:.2%}" if e["test_acc_min"] is not None else "-"
+        wall = f"{e['wall_time_s_mean']:.1f} s" if e["wall_time_s_mean"] is not None else "-"
+        cells = [e["combination"], *(e["params"][k] for k in keys), e["n"]]
+        cells += [plus_minus(e, "best_val_acc"), plus_minus(e, "test_acc"), spread, wall]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_val_acc(sweep: dict, path: Path) -> None:
+    """Validation accuracy per epoch: per combination, the mean over seeds (line) and their min-max (band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for i, entry in enumerate(e for e in sweep["combinations"] if e["n"]):
+        epochs = max(len(curve) for curve in entry["val_acc_per_epoch"])
+        at = [[curve[k] for curve in entry["val_acc_per_epoch"] if k < len(curve)] for k in range(epochs)]
+        color = f"C{i % 10}"
+        ax.plot(
+            range(epochs),
+            [statistics.fmean(v) for v in at],
+            color=color,
+            label=f"{entry['combination']} (n={entry['n']})",
+        )
+        ax.fill_between(range(epochs), [min(v) for v in at], [max(v) for v in at], color=color, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (mean, min-max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_sweep_report(out: Path) -> str:
+    """Write sweep.json, sweep.md and sweep_val_acc.png into the sweep dir; returns the markdown table."""
+    sweep = summarize(out)
+    table = sweep_table(sweep)
+    (out / "sweep.json").write_text(json.dumps(sweep, indent=1))
+    (out / "sweep.md").write_text(
+        f"# Sweep of {sweep['recipe']}\n\n{table}\n![validation accuracy](sweep_val_acc.png)\n"
+    )
+    plot_val_acc(sweep, out / "sweep_val_acc.png")
+    return table
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / "sweep_plan.json").is_file()
