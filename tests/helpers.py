@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -111,7 +112,7 @@ def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
         bad_steps=BadSteps(device),
         early_stop=None,
         best=None,
-        tracker=None,
+        tracker=SimpleNamespace(write=lambda name, text: None),  # no run dir to write optimizer_routing.md to
         card={},
         loss_fn=make_loss(cfg.train),
         sam=SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,

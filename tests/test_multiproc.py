@@ -116,7 +116,9 @@ def test_two_processes_killed_mid_epoch_resume_bit_for_bit(runs, tmp_path):
 
 
 def test_sam_pass_one_is_per_process_and_pass_two_is_synchronized(tmp_path):
-    """tests/ddp_sam_step.py checks one SAM training step on each of 2 processes against a per-process reference."""
+    """tests/ddp_sam_step.py checks one SAM training step on each of 2 processes against a per-process reference,
+    and counts DDP's all-reduces: none in SAM's first pass, none before the last micro-batch of an accumulated
+    step."""
     config = ROOT / "accelerate_configs" / "cpu_ddp.yaml"
     script = ROOT / "tests" / "ddp_sam_step.py"
     result = run_command([accelerate_bin(), "launch", "--config_file", config, script], cwd=tmp_path, timeout=300)
