@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: an hw3 Run built by the real engine on synthetic data, and a timer."""
+"""Shared by the benchmarks: an hw3 Run built as train.py builds it on synthetic data, timers, paired epochs."""
 
 from __future__ import annotations
 
@@ -43,3 +43,25 @@ def time_hw3_epoch(r, epoch: int) -> float:
 def median(values: list[float]) -> float:
     values = sorted(values)
     return values[len(values) // 2]
+
+
+def alternate(rounds: int, first, second) -> tuple[list[float], list[float]]:
+    """Time first(epoch) and second(epoch) in pairs close in time, the order alternating (A B, B A, ...), so that a
+    noisy machine slows both alike; returns the two lists of seconds."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for epoch in range(1, rounds + 1):
+        for which in (0, 1) if epoch % 2 else (1, 0):
+            times[which].append((first, second)[which](epoch))
+    return times
+
+
+def resized_data(run, image_size: int, n: int, channels_last: bool):
+    """n synthetic CIFAR-sized (32 px) images, resized to image_size on the device as the pretrained CIFAR-100
+    recipe does."""
+    from hw3.config import DataConfig
+    from hw3.data import Data, InputSpec
+    from hw3.data.sources import synthetic
+
+    src = synthetic(DataConfig(name="synthetic", image_size=32, max_train_samples=n, max_eval_samples=64))
+    spec = InputSpec(image_size, 3, [0.5] * 3, [0.25] * 3)
+    return Data(run.cfg.data, src, spec, run.accelerator.device, 1, 0, 0, channels_last=channels_last)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # hw3 on one GPU in about 5 minutes (synthetic CIFAR-shaped data held on the device; nothing to download):
-#   1. hw3's training step against a hand-written loop (benchmarks/gpu_step.py), same model, precision, layout
+#   1. hw3's training step against a hand-written loop (benchmarks/vs_hand_loop.py), same model, precision, layout
 #      and batch, eager and under torch.compile(mode="reduce-overhead") (CUDA graphs): CIFAR-stem ResNet-18 at
 #      batch 512 and 128, the SAM + ResNeSt-26d step of recipes/cifar100_sam.yaml, ResNet-50 at 224 px;
 #      fused against foreach SGD inside hw3's step; the device-resident input path against torchvision's;
@@ -16,12 +16,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOG="${OUT:-/tmp}/gpu.log"
 : > "$LOG"
 say() { echo "$@" | tee -a "$LOG"; }
-step() {  # step SECONDS ARGS...: one gpu_step.py comparison, its result line only
+step() {  # step SECONDS ARGS...: one vs_hand_loop.py comparison, its result line only
   local limit=$1; shift
-  timeout "$limit" python benchmarks/gpu_step.py "$@" > /tmp/gpu_step.out 2>&1
+  timeout "$limit" python benchmarks/vs_hand_loop.py "$@" > /tmp/vs_hand_loop.out 2>&1
   local code=$?
-  if [ $code -eq 0 ]; then tail -1 /tmp/gpu_step.out | tee -a "$LOG"; else
-    say "FAILED (exit $code): gpu_step.py $*"; tail -5 /tmp/gpu_step.out | tee -a "$LOG"; fi
+  if [ $code -eq 0 ]; then tail -1 /tmp/vs_hand_loop.out | tee -a "$LOG"; else
+    say "FAILED (exit $code): vs_hand_loop.py $*"; tail -5 /tmp/vs_hand_loop.out | tee -a "$LOG"; fi
 }
 started=$(date +%s)
 say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import hw3_run, median, time_hw3_epoch
+from common import alternate, hw3_run, median, time_hw3_epoch
 
 
 def main() -> None:
@@ -35,13 +35,12 @@ def main() -> None:
     runs = {
         name: hw3_run([*common, *extra]) for name, extra in (("sgd", ["optim.name=sgd"]), ("sam", ["optim.name=sam"]))
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
     for r in runs.values():
         time_hw3_epoch(r, 0)  # warm-up
-    for round_ in range(args.rounds):  # pairs close in time, the order alternating
-        order = list(runs) if round_ % 2 == 0 else list(runs)[::-1]
-        for name in order:
-            times[name].append(time_hw3_epoch(runs[name], round_ + 1))
+    sam, sgd = alternate(
+        args.rounds, lambda epoch: time_hw3_epoch(runs["sam"], epoch), lambda epoch: time_hw3_epoch(runs["sgd"], epoch)
+    )
+    times = dict(sam=sam, sgd=sgd)
     ratios = sorted(a / b for a, b in zip(times["sam"], times["sgd"], strict=True))
     device = runs["sgd"].accelerator.device
     print(

@@ -173,7 +173,7 @@ def finished(cfg: Config, run_dir: Path, state: dict) -> Optional[Start]:
         return None
     summary = json.loads(summary_file.read_text())
     how = {"early_stop": "stopped early", "non_finite": "stopped on non-finite steps"}.get(state["stopped"], "done")
-    best = summary.get("best_val_acc") if cfg.early_stop.monitor == "val_acc" else summary.get("best_val_loss")
+    best = summary.get(f"best_{cfg.early_stop.monitor}")
     test = f", test acc {summary['test_acc']:.2%}" if summary.get("test_acc") is not None else ""
     at = f"at epoch {summary.get('best_epoch')}"
     best_line = f"best {cfg.early_stop.monitor} {best:.4g} {at}" if best is not None else "no validation result"

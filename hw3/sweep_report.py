@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from hw3.errors import UserError
+from hw3.monitor import Monitor
 
 METRICS = ("best_val_acc", "best_val_loss", "test_acc")
 
@@ -58,9 +59,9 @@ def summarize(out: Path) -> dict:
         entry["wall_time_s_mean"] = statistics.fmean([s["wall_time_s"] for _, s, _ in runs]) if runs else None
         entry["val_acc_per_epoch"] = [[row["val_acc"] for row in rows] for _, _, rows in runs]
         entries.append(entry)
-    key, reverse = ("best_val_acc_mean", True) if monitor == "val_acc" else ("best_val_loss_mean", False)
-    missing = float("-inf") if reverse else float("inf")
-    entries.sort(key=lambda e: e[key] if e[key] is not None else missing, reverse=reverse)
+    order = Monitor(monitor)  # best first: the monitored metric's mean over seeds, finished combinations before
+    key, missing = f"best_{monitor}_mean", float("-inf") if order.maximize else float("inf")
+    entries.sort(key=lambda e: e[key] if e[key] is not None else missing, reverse=order.maximize)
     return dict(recipe=plan["recipe"], grid=plan["grid"], seeds=plan["seeds"], monitor=monitor, combinations=entries)
 
 

@@ -3,11 +3,12 @@ same model and initial weights, same precision, layout, batch, optimizer (SGD + 
 and in-memory uint8 data (CIFAR-shaped, no augmentation on either side), the same torch.compile mode. Epochs of
 `--steps` steps alternate between the two; the medians and the median of paired ratios are printed.
 
-    python benchmarks/gpu_step.py --model resnet18 --batch-size 512 [--compile reduce-overhead] [--sam]
+    python benchmarks/vs_hand_loop.py --model resnet18 --batch-size 512 [--compile reduce-overhead] [--sam]
         [--image-size 32] [--precision bf16] [--channels-last] [--steps 40] [--rounds 5] [--set key=value ...]
 
-With --image-size 224 the 32 px images are resized on the device, as recipes/cifar100_resnet50_pretrained.yaml
-does. --sam compares hw3's SAM (BatchNorm statistics of pass 1, non-finite guard) with a bare two-pass SAM.
+Above 64 px (--image-size 224) the images are made at 32 px and resized on the device, as
+recipes/cifar100_resnet50_pretrained.yaml does. --sam compares hw3's SAM (BatchNorm statistics of pass 1, the
+non-finite guard) with a bare two-pass SAM.
 """
 
 from __future__ import annotations
@@ -17,11 +18,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import hw3_run, median, sync, time_hw3_epoch
+from common import alternate, hw3_run, median, resized_data, sync, time_hw3_epoch
 
-from hw3.config import DataConfig
-from hw3.data import Data, InputSpec
-from hw3.data.sources import synthetic
 from hw3.models import build_model
 
 
@@ -91,7 +89,7 @@ def main() -> None:
         [
             f"model.name={args.model}",
             f"data.max_train_samples={n}",
-            "data.image_size=32",
+            f"data.image_size={args.image_size if args.image_size <= 64 else 32}",  # larger: resized on the device
             "data.augment=none",
             f"train.batch_size={args.batch_size}",
             f"optim.name={'sam' if args.sam else 'sgd'}",
@@ -105,31 +103,28 @@ def main() -> None:
             *args.set,
         ]
     )
-    if args.image_size != 32:  # CIFAR-sized images, resized on the device like the pretrained recipe
-        src = synthetic(DataConfig(name="synthetic", image_size=32, max_train_samples=n, max_eval_samples=64))
-        spec = InputSpec(args.image_size, 3, [0.5] * 3, [0.25] * 3)
-        run.data = Data(run.cfg.data, src, spec, run.accelerator.device, 1, 0, 0, channels_last=args.channels_last)
+    if args.image_size > 64:
+        run.data = resized_data(run, args.image_size, n, args.channels_last)
     hand = hand_setup(run, args.compile, args.channels_last)
     rho = 0.05 if args.sam else None
     started = time.perf_counter()
     time_hw3_epoch(run, 0)  # warm-up, and compilation
     hand_epoch(hand, run.data.stage, args.batch_size, args.precision, rho)
     warmup = time.perf_counter() - started
-    ours, theirs = [], []
-    for round_ in range(args.rounds):  # pairs close in time, the order alternating
-        pair = [
-            lambda round_=round_: ours.append(time_hw3_epoch(run, round_ + 1)),
-            lambda: theirs.append(hand_epoch(hand, run.data.stage, args.batch_size, args.precision, rho)),
-        ]
-        for measure in pair if round_ % 2 == 0 else pair[::-1]:
-            measure()
+    ours, theirs = alternate(
+        args.rounds,
+        lambda epoch: time_hw3_epoch(run, epoch),
+        lambda epoch: hand_epoch(hand, run.data.stage, args.batch_size, args.precision, rho),
+    )
     ratios = sorted(t / o for o, t in zip(ours, theirs, strict=True))
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    memory = f" | peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""
     print(
         f"{name} | {args.model} {args.image_size}px batch {args.batch_size} {args.precision} "
         f"{'NHWC' if args.channels_last else 'NCHW'} compile={args.compile or 'off'}{' SAM' if args.sam else ''} "
         f"{' '.join(args.set)}| hw3 {n / median(ours):,.0f} img/s | hand loop {n / median(theirs):,.0f} img/s | "
-        f"hw3/hand {median(ratios):.2f} | warm-up {warmup:.0f} s",
+        f"hw3/hand {median(ratios):.3f} (quartiles {ratios[len(ratios) // 4]:.3f}-{ratios[3 * len(ratios) // 4]:.3f})"
+        f" | warm-up {warmup:.0f} s{memory}",
         flush=True,
     )
 
