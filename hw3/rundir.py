@@ -79,7 +79,6 @@ class Start:
     resume_from: Optional[Path] = None  # checkpoint to continue from
     wipe: bool = False  # empty the run dir first (train.overwrite, or a run that died before its first checkpoint)
     done: Optional[str] = None  # the run is complete: this line says so, and nothing else happens
-    done_code: int = 0  # exit status when done (1: it ended on non-finite steps)
     old_epochs: Optional[int] = None  # train.epochs the run was laid out for, when extend_epochs changes it
 
 
@@ -168,18 +167,18 @@ def check_same_recipe(cfg: Config, run_dir: Path, epochs: Optional[int]) -> Opti
 def finished(cfg: Config, run_dir: Path, state: dict) -> Optional[Start]:
     """A Start that says "complete" when the newest checkpoint's `state` ends the run and its summary is written."""
     summary_file = run_dir / "summary.json"
-    ended = state["stopped"] in ("early_stop", "non_finite") or state["epoch"] >= cfg.train.epochs
+    # (A run stopped on non-finite steps never checkpointed that stop: rerun, it retries from its last good state.)
+    ended = state["stopped"] == "early_stop" or state["epoch"] >= cfg.train.epochs
     if not ended or not summary_file.is_file():
         return None
     summary = json.loads(summary_file.read_text())
-    how = {"early_stop": "stopped early", "non_finite": "stopped on non-finite steps"}.get(state["stopped"], "done")
+    how = "stopped early" if state["stopped"] == "early_stop" else "done"
     best = summary.get(f"best_{cfg.early_stop.monitor}")
     test = f", test acc {summary['test_acc']:.2%}" if summary.get("test_acc") is not None else ""
     at = f"at epoch {summary.get('best_epoch')}"
     best_line = f"best {cfg.early_stop.monitor} {best:.4g} {at}" if best is not None else "no validation result"
     return Start(
-        done=f"{run_dir} is complete ({how}: {summary['epochs_completed']} epochs, {best_line}{test}); nothing to do",
-        done_code=1 if state["stopped"] == "non_finite" else 0,
+        done=f"{run_dir} is complete ({how}: {summary['epochs_completed']} epochs, {best_line}{test}); nothing to do"
     )
 
 

@@ -38,7 +38,7 @@ def train_recipe(cfg: Config, recipe: Optional[str], command: Sequence[str] = ()
         lock, start = decide_on_main(accelerator, cfg, run_dir)
         if start.done:
             accelerator.print(start.done)
-            return start.done_code
+            return 0
         set_seed(cfg.seed)
         run = build_run(cfg, accelerator, run_dir)
         started = True
@@ -143,7 +143,8 @@ def train_and_test(run: Run) -> int:
     except NonFinite as e:
         run.state.stopped = "non_finite"
         run.state.skipped_steps += int(run.sums.skipped.item())  # the unfinished epoch's
-        print(f"error: {e}", file=sys.stderr)
+        if run.accelerator.is_main_process:  # every process stops; one says why
+            print(f"error: {e}", file=sys.stderr)
         code = 1
     accelerator = run.accelerator
     extra = {"processes_in_sync": processes_in_sync(accelerator, run.net)} if accelerator.num_processes > 1 else {}

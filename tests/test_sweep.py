@@ -144,3 +144,21 @@ def test_commands_for_a_cluster_and_a_report_of_what_finished(tmp_path, capsys):
     assert entries["name-sam"]["runs"] == ["name-sam-s1"] and "| name-sgd | sgd | 0 | - | - | - | - |" in (
         capsys.readouterr().out
     )
+
+
+def test_parallel_runs_get_a_gpu_each_or_a_share_of_the_cpu(monkeypatch):
+    import os
+
+    import torch
+
+    from hw3.errors import UserError
+    from hw3.sweep import slot_environments
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [env["OMP_NUM_THREADS"] for env in slot_environments(3)] == ["2", "2", "2"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in slot_environments(2)] == ["4", "6"]
+    with pytest.raises(UserError, match="--parallel 3: one run per GPU, and this machine has 2"):
+        slot_environments(3)
