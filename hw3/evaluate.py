@@ -98,8 +98,10 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     plt.close(fig)
 
 
-def evaluate_run(run_dir: Path, split: str, checkpoint: str, device: str, batch_size: int, overrides=()) -> Path:
-    """Evaluate and write eval/<split>-<weights>/; returns that folder."""
+def evaluate_run(
+    run_dir: Path, split: str, checkpoint: str, device: str, batch_size: int, overrides=()
+) -> tuple[Path, dict]:
+    """Evaluate and write eval/<split>-<weights>/; returns that folder and the metrics."""
     from safetensors.torch import load_file
 
     from hw3.data import Data, InputSpec
@@ -120,19 +122,18 @@ def evaluate_run(run_dir: Path, split: str, checkpoint: str, device: str, batch_
     weights_name = checkpoint if checkpoint in ("best", "last") else path.parent.name
     out = run_dir / "eval" / f"{split}-{weights_name}"
     write_outputs(out, dict(split=split, checkpoint=str(path), **result), card["classes"], weights_name)
-    return out
+    return out, result
 
 
 def evaluate_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parse_evaluate_args(argv)
-        out = evaluate_run(
+        out, result = evaluate_run(
             Path(args.run_dir), args.split, args.checkpoint, args.device, args.batch_size, args.overrides
         )
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    result = json.loads((out / "metrics.json").read_text())
     print(
         f"{args.split} ({args.checkpoint}): top-1 {result['acc']:.2%}, top-5 {result['top5_acc']:.2%}, "
         f"loss {result['loss']:.4f} on {result['count']} images -> {out}"

@@ -16,7 +16,10 @@ PROBE_SECONDS = 4.0
 
 
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    """HF_HUB_OFFLINE as huggingface_hub reads it (or as go_offline_unless_reachable set it)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE
 
 
 def reachable(seconds: float = PROBE_SECONDS) -> bool:

@@ -128,14 +128,15 @@ def train_step(run: Run, micro_batches: Iterator[Micro], measure_norm: bool) -> 
                 torch.compiler.cudagraph_mark_step_begin()
             backward(run, run.loss_fn(model(x), targets) * keep)
     params = [p for p in run.net.parameters() if p.grad is not None]
+    grads = [p.grad for p in params]
     if scaler is not None:
         scaler.unscale_(run.optimizer)  # once, before clipping and the finiteness check
     norm = None
     if train_cfg.max_grad_norm:
         norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm, foreach=True)  # norm before clipping
     elif measure_norm:
-        norm = total_norm([p.grad for p in params])
-    bad = found_inf([p.grad for p in params], norm)
+        norm = total_norm(grads)
+    bad = found_inf(grads, norm)
     step_unless(run.optimizer, bad)
     if scaler is not None:
         scaler.update()  # lowers the loss scale after an overflow, on the device
@@ -217,7 +218,8 @@ def epoch_metrics(run: Run, batch_size: int) -> dict:
     """The epoch's training metrics from its sums, reduced over processes and read in one go."""
     totals, sums = run.sums.totals(run.accelerator), run.sums
     count = max(totals["count"], 1)
-    run.state.skipped_steps += int(totals["skipped"])
+    skipped = int(totals["skipped"]) // run.accelerator.num_processes  # every process counted the same steps
+    run.state.skipped_steps += skipped
     return dict(
         train_loss=totals["loss"] / count,
         train_acc=totals["correct"] / count,
@@ -227,7 +229,7 @@ def epoch_metrics(run: Run, batch_size: int) -> dict:
         images_per_s=totals["count"] / max(sums.seconds, 1e-9),
         # each process measured the same all-reduced norm: average over the samples of one of them
         grad_norm=totals["grad_norm"] / max(totals["norm_samples"], 1),
-        skipped_steps=int(totals["skipped"]) // run.accelerator.num_processes,
+        skipped_steps=skipped,
         loss_scale=run.scaler.get_scale() if run.scaler is not None else None,
     )
 

@@ -9,17 +9,16 @@ the data lives, logging, how many checkpoints to keep) may change.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from hw3.checkpoint import list_checkpoints, read_state
-from hw3.config import Config, load_config
+from hw3.config import Config, dotted, load_config
 from hw3.errors import UserError
 
 LOCK_FILE = ".lock"
@@ -123,17 +122,6 @@ def decide_start(cfg: Config, run_dir: Path) -> Start:
     return Start(wipe=occupied)
 
 
-def flat(values: dict) -> dict[str, Any]:
-    """{"optim.lr": 0.1, "seed": 0, ...} from dataclasses.asdict(config) (sections are one level deep)."""
-    out = {}
-    for section, value in values.items():
-        if isinstance(value, dict):
-            out.update({f"{section}.{key}": v for key, v in value.items()})
-        else:
-            out[section] = value
-    return out
-
-
 def check_same_recipe(cfg: Config, run_dir: Path, epochs: Optional[int]) -> Optional[int]:
     """Raise unless `cfg` is the recipe the run started with (config.yaml), up to MAY_CHANGE keys, and its
     train.epochs the one the run's schedule is laid out over (`epochs`, from the newest checkpoint), unless
@@ -145,7 +133,7 @@ def check_same_recipe(cfg: Config, run_dir: Path, epochs: Optional[int]) -> Opti
             f"{run_dir / 'config.yaml'} no longer loads ({e}); resume it with the hw3 that wrote it"
         ) from None
     stored.train.epochs = epochs or stored.train.epochs
-    old, new = flat(dataclasses.asdict(stored)), flat(dataclasses.asdict(cfg))
+    old, new = dotted(stored), dotted(cfg)
     changed = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
     changed = {k: v for k, v in sorted(changed.items()) if not k.startswith(MAY_CHANGE)}
     epochs = changed.pop("train.epochs", None)

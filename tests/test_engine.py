@@ -93,3 +93,19 @@ def test_sam_momentum_survives_a_resume(train, tmp_path):
     a = load_file(str(list_checkpoints(tmp_path / "whole")[-1] / "model.safetensors"))
     b = load_file(str(list_checkpoints(tmp_path / "resumed")[-1] / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_skipped_steps_are_counted_once_however_many_processes_count_them():
+    """Every process counts the same skipped steps; the epoch's and the run's totals are the count, not W times it."""
+    from types import SimpleNamespace
+
+    from hw3.loop import epoch_metrics
+
+    r = tiny_run(mlp())
+    x, y = torch.randn(8, 6), torch.arange(8) % 4
+    x[0, 0] = float("nan")
+    step(r, (x, y))
+    step(r, (x, y))
+    r.accelerator = SimpleNamespace(num_processes=2, reduce=lambda t, op: 2 * t)  # two identical processes
+    metrics = epoch_metrics(r, 8)
+    assert metrics["skipped_steps"] == r.state.skipped_steps == 2

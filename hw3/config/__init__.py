@@ -1,7 +1,7 @@
 """The recipe: what every key means (schema), how YAML and overrides become it (recipe), what it allows
 (validation)."""
 
-from hw3.config.recipe import all_keys, flatten, load_config, parse_yaml, to_yaml
+from hw3.config.recipe import all_keys, dotted, flatten, load_config, parse_yaml, to_yaml
 from hw3.config.schema import (
     Config,
     DataConfig,
@@ -25,6 +25,7 @@ __all__ = [
     "TrainConfig",
     "all_keys",
     "compile_mode",
+    "dotted",
     "flatten",
     "load_config",
     "parse_yaml",

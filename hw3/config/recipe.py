@@ -252,12 +252,15 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, default_flow_style=False)
 
 
-def flatten(cfg: Config) -> dict[str, Union[bool, int, float, str]]:
-    """`{'optim.lr': 0.001, ...}` with only scalars: what TensorBoard's hparams accept (lists and None as text)."""
-    flat = {}
+def dotted(cfg: Config) -> dict[str, Any]:
+    """`{'optim.lr': 0.001, 'seed': 0, ...}`: every key of the tree with its value (sections are one level deep)."""
+    out = {}
     for section, values in dataclasses.asdict(cfg).items():
         items = values.items() if isinstance(values, dict) else [(None, values)]
-        for key, value in items:
-            name = f"{section}.{key}" if key is not None else section
-            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    return flat
+        out.update({f"{section}.{key}" if key is not None else section: value for key, value in items})
+    return out
+
+
+def flatten(cfg: Config) -> dict[str, Union[bool, int, float, str]]:
+    """dotted() with only scalars: what TensorBoard's hparams accept (lists and None as text)."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in dotted(cfg).items()}

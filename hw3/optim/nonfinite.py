@@ -21,14 +21,19 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
+ONES: dict[torch.device, torch.Tensor] = {}
+
 
 def found_inf(grads: list[torch.Tensor], norm: Optional[torch.Tensor]) -> torch.Tensor:
     """1.0 when any gradient holds an inf or NaN, else 0.0, as a float tensor on their device. From the norm when
     one was computed (it is inf or NaN exactly then), else from the check GradScaler itself uses: one fused pass."""
     if norm is not None:
         return (~torch.isfinite(norm)).float()
-    flag = torch.zeros((), device=grads[0].device)
-    torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, torch.ones((), device=flag.device))
+    device = grads[0].device
+    if device not in ONES:
+        ONES[device] = torch.ones((), device=device)  # the unscaling factor: gradients stay as they are
+    flag = torch.zeros((), device=device)
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, ONES[device])
     return flag
 
 
@@ -61,8 +66,9 @@ def step_unless(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
         optimizer.step()
         return
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    before = {id(t) for p in params for t in optimizer.state.get(p, {}).values() if torch.is_tensor(t)}
-    tensors = params + [t for p in params for t in optimizer.state.get(p, {}).values() if torch.is_tensor(t)]
+    state = [t for p in params for t in optimizer.state.get(p, {}).values() if torch.is_tensor(t)]
+    before = {id(t) for t in state}
+    tensors = params + state
     saved = [t.clone() for t in tensors]
     optimizer.step()
     skip = bad > 0
