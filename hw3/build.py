@@ -8,7 +8,8 @@ import math
 import os
 import secrets
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,10 +19,12 @@ from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
 from torch import nn
 
 from hw3.checkpoint import BestWeights, TrainState
+from hw3.compile_guard import CompileGuard
 from hw3.config import Config, TrainConfig, compile_mode
 from hw3.config.schema import CUDA_GRAPH_MODES
 from hw3.data import Data, resolve_input
 from hw3.data.sources import load_source, smoke_source
+from hw3.distributed import init_restartable_process_group, main_first, process_group_kwargs
 from hw3.early_stop import EarlyStopping
 from hw3.epoch_sums import EpochSums
 from hw3.errors import UserError
@@ -30,7 +33,7 @@ from hw3.monitor import Monitor
 from hw3.optim import build_optimizer
 from hw3.optim.nonfinite import BadSteps, DeviceSkippingEma, prime_momentum
 from hw3.optim.sam import SAM
-from hw3.optim.schedules import Schedule, build_schedule
+from hw3.optim.schedules import Layout, Schedule, build_schedule
 from hw3.tracking import Tracker, device_name
 
 
@@ -58,21 +61,25 @@ class Run:
     sam: Optional[SAM] = None
     ema: Optional[DeviceSkippingEma] = None
     mixup: Optional[Any] = None  # timm Mixup
+    compile_guard: CompileGuard = field(default_factory=lambda: CompileGuard(None, True))
     cuda_graphs: bool = False  # torch.compile replays CUDA graphs: static batch shapes, outputs reused
-    compiling: bool = False  # torch.compile has yet to run its first (compiling) step
-    signal: int = 0  # set by this process's SIGTERM/SIGINT handler
     agreed_signal: int = 0  # the signal every process has seen (acted on at the next step boundary)
+    last_checkpoint: float = field(default_factory=time.monotonic)  # when the last checkpoint was saved
+    checkpoint_due: bool = False  # train.checkpoint_every_minutes has passed (agreed at the last look)
 
     def components(self) -> dict[str, Any]:
-        """What a checkpoint holds besides accelerate's model/optimizer/scaler/RNG state (and the EMA's weights)."""
+        """What a checkpoint holds besides accelerate's model/optimizer/scaler/RNG state (and the EMA's weights):
+        the state every process shares."""
         return dict(
             train=self.state,
-            epoch=self.sums,
-            bad_steps=self.bad_steps,
             early_stop=self.early_stop,
             best=self.best,
             schedule=self.schedule,
         )
+
+    def own(self) -> dict[str, Any]:
+        """State each process accumulates alone, saved per process: the epoch's running sums and bad-step counts."""
+        return dict(epoch=self.sums, bad_steps=self.bad_steps)
 
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
@@ -83,10 +90,12 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
         log_with=list(cfg.log.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=mode) if mode else None,
+        kwargs_handlers=[process_group_kwargs(train_cfg.collective_timeout_minutes)],
     )
     if train_cfg.mixed_precision is not None:  # null: keep what `accelerate launch` configured
         kwargs["mixed_precision"] = train_cfg.mixed_precision
     try:
+        init_restartable_process_group(train_cfg.collective_timeout_minutes)
         accelerator = Accelerator(**kwargs)
     except ValueError as e:  # e.g. WORLD_SIZE set by hand without the rest of a distributed launch
         raise UserError(f"accelerate could not start: {str(e).strip().splitlines()[0]}") from None
@@ -107,12 +116,10 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
 
 def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path) -> Run:
     """Every component of the run, on its device; no file is written."""
-    with accelerator.main_process_first():  # downloads happen once, on the main process
-        src = smoke_source(cfg.data) if cfg.smoke else load_source(cfg.data)
-        spec = resolve_input(cfg.data, src, pretrained_data_config(cfg.model))
-        net = build_model(cfg.model, len(src.classes), spec.channels, spec.size, load_weights=not cfg.smoke)
+    # Downloads and the decoded-image cache are made once, by the main process; the others then read them.
+    src, spec, net = main_first(accelerator, lambda: build_parts(cfg))
     device, world = accelerator.device, accelerator.num_processes
-    channels_last = use_channels_last(cfg, accelerator)
+    channels_last = use_channels_last(cfg)
     net = net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     cuda_graphs = compile_mode(cfg.train) in CUDA_GRAPH_MODES
     data = Data(
@@ -133,33 +140,43 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path) -> Run:
         net=accelerator.unwrap_model(model, keep_torch_compile=False),
         optimizer=prepared.optimizer,
         scaler=accelerator.scaler,
-        schedule=build_schedule(cfg.sched, cfg.optim.lr, epoch_starts(cfg.train, data)),
+        schedule=build_schedule(cfg.sched, cfg.optim.lr, epoch_layout(cfg.train, data)),
         state=TrainState(world_size=world),
         sums=EpochSums(device),
         bad_steps=BadSteps(device),
         early_stop=EarlyStopping(cfg.early_stop),
-        best=BestWeights(run_dir, card, monitor, accelerator.is_main_process),
+        best=BestWeights(run_dir, card, monitor, accelerator),
         tracker=Tracker(accelerator, run_dir, cfg.log),
         card=card,
         loss_fn=make_loss(cfg.train),
         sam=SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
         ema=ema,
         mixup=make_mixup(cfg.train, len(src.classes)),
+        compile_guard=CompileGuard(compile_mode(cfg.train), accelerator.is_main_process),
         cuda_graphs=cuda_graphs,
-        compiling=compile_mode(cfg.train) is not None,
     )
 
 
+def build_parts(cfg: Config):
+    """The data source, the model's input spec and the network: what may download or decode."""
+    src = smoke_source(cfg.data) if cfg.smoke else load_source(cfg.data)
+    spec = resolve_input(cfg.data, src, pretrained_data_config(cfg.model))
+    net = build_model(cfg.model, len(src.classes), spec.channels, spec.size, load_weights=not cfg.smoke)
+    return src, spec, net
+
+
 def describe(run: Run) -> str:
-    """Two lines saying what is about to be trained on what, for the console."""
+    """Three lines saying what is about to be trained on what, for the console."""
     src, accelerator, cfg = run.data.src, run.accelerator, run.cfg
     params = sum(p.numel() for p in run.net.parameters())
     name = f"synthetic stand-in for {cfg.data.name} (smoke mode)" if cfg.smoke else cfg.data.name
     mode = compile_mode(cfg.train)
+    data = run.data
     return (
         f"data: {name}, {len(src.train)} train / {len(src.val)} val / {len(src.test) if src.test else 0} test "
-        f"images, {len(src.classes)} classes, {run.data.stage.size}px x{run.data.stage.channels}, "
-        f"{'device-resident' if run.data.on_device else 'DataLoader'} input\n"
+        f"images, {len(src.classes)} classes{f'; {src.note}' if src.note else ''}\n"
+        f"input: {data.stage.size}px x{data.stage.channels} ({data.spec.size_from}), "
+        f"{'device-resident' if data.on_device else 'DataLoader'} input ({data.path_reason})\n"
         f"model: {cfg.model.name}, {params / 1e6:.2f}M parameters, small-input stem "
         f"{'on' if run.card['small_input'] else 'off'}; {accelerator.num_processes} process(es) on "
         f"{device_name(accelerator)}, mixed precision {accelerator.mixed_precision}"
@@ -167,7 +184,7 @@ def describe(run: Run) -> str:
     )
 
 
-def use_channels_last(cfg: Config, accelerator: Accelerator) -> bool:
+def use_channels_last(cfg: Config) -> bool:
     """NHWC for the resnet and resnest families, on every device. Measured (BENCHMARKS.md): on a CPU it speeds
     ResNet-18 and ResNeSt-26d up by 6-19%; on an H200 in bf16 ResNeSt-26d is 9% faster in NHWC eager (4,105 vs
     3,761 img/s) and equal under CUDA graphs, and ResNets gain from tensor-core layouts."""
@@ -210,15 +227,20 @@ def batch_size_for(cfg: TrainConfig, epoch: int) -> int:
     return schedule[max(keys)] if keys else cfg.batch_size
 
 
-def epoch_starts(cfg: TrainConfig, data: Data) -> list[int]:
-    """Optimizer step at which each epoch starts, plus the total: what the lr schedule is a function of."""
-    starts = [0]
-    for epoch in range(cfg.epochs):
-        size = batch_size_for(cfg, epoch)
+def epoch_layout(cfg: TrainConfig, data: Data) -> Layout:
+    """Optimizer step at which each epoch starts (what the lr schedule is a function of), one segment per key of the
+    batch-size schedule, so an enormous train.epochs costs nothing. Checks every batch size the run will use."""
+    keys = sorted({0, *(k for k in (cfg.batch_size_schedule or {}) if k < cfg.epochs)})
+    segments = []
+    for first in keys:
+        size = batch_size_for(cfg, first)
+        where = f" (epoch {first})" if cfg.batch_size_schedule else ""
         if size % data.world:
-            raise UserError(f"train.batch_size: {size} (epoch {epoch}) is not divisible by the {data.world} processes")
-        steps = len(data.batch_sizes(size))
-        if steps == 0:
-            raise UserError(f"train.batch_size: {size} is more than the {data.num_train} training images")
-        starts.append(starts[-1] + math.ceil(steps / cfg.grad_accum_steps))
-    return [min(s, cfg.max_steps) for s in starts] if cfg.max_steps else starts
+            raise UserError(f"train.batch_size: {size}{where} is not divisible by the {data.world} processes")
+        if size > data.num_train:
+            raise UserError(
+                f"train.batch_size: {size}{where} is more than the {data.num_train} training images: one partial "
+                f"batch per epoch; use at most {data.num_train}"
+            )
+        segments.append((first, math.ceil(len(data.batch_sizes(size)) / cfg.grad_accum_steps)))
+    return Layout(segments, cfg.epochs, cfg.max_steps)

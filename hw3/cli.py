@@ -1,32 +1,25 @@
 """`python train.py --recipe PATH [key=value ...]`: parse, load the recipe, run; user mistakes exit 2.
 
-SIGINT and SIGTERM end a launch with one line and exit 128 + the signal number at any moment: during training the
-loop saves a checkpoint at the next step boundary (hw3.session); before and after it (imports, data loading,
-the final test) the launch simply stops, and the same command continues from the last checkpoint.
+Every failure hw3 knows is one line `error: ...` and an exit code (hw3.errors has the table); SIGINT and SIGTERM
+end a launch with one line and exit 128 + the signal number at any moment (hw3.signals, hw3.session). Under a
+multi-process launch the main process says it, once; the others exit with the same code silently (an error only
+one of them hit is said by that one, prefixed with its process number).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from typing import Optional, Sequence
 
-from hw3.errors import UserError
+from hw3.errors import LaunchError, UserError
+from hw3.signals import SIGNALS, Stopped, name
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print usage and exit; we want one line, exit 2
         raise UserError(message)
-
-
-class Stopped(BaseException):
-    """SIGINT/SIGTERM outside the training loop (a BaseException, so no `except Exception` swallows it)."""
-
-
-def stop(signum, frame):
-    raise Stopped(signum)
 
 
 def parse_train_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -42,33 +35,37 @@ def parse_train_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s, handler in previous.items():
-        if handler is not signal.SIG_IGN:  # a job started with SIGINT ignored keeps it ignored
-            signal.signal(s, stop)
+    SIGNALS.install()
+    rank = int(os.environ.get("RANK", "0"))
     try:
         args = parse_train_args(argv)
-        from hw3.config import load_config, to_yaml
+        from hw3.config import load_config
 
-        cfg = load_config(args.recipe, args.overrides)
+        try:
+            cfg = load_config(args.recipe, args.overrides)
+        except UserError as e:
+            e.quiet = rank != 0  # every process read the same recipe: the main one says what is wrong
+            raise
         if args.print_config:
-            print(to_yaml(cfg), end="")
+            from hw3.config.resolved import annotated_yaml
+
+            print(annotated_yaml(cfg, args.recipe), end="")
             return 0
         from hw3.session import train_recipe
 
         command = ["train.py", *(sys.argv[1:] if argv is None else argv)]  # as typed, for the run's records
         return train_recipe(cfg, args.recipe, command)
-    except UserError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 2
+    except LaunchError as e:
+        if not e.quiet:
+            who = f"process {rank}: " if rank else ""
+            print(f"error: {who}{one_line(str(e))}", file=sys.stderr)
+        return e.exit_code
     except Stopped as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            name = signal.Signals(e.args[0]).name
-            print(f"stopped by {name}; rerun the same command to continue from the last checkpoint", file=sys.stderr)
+        if rank == 0:
+            print(f"stopped by {name(e.args[0])} during start-up, before the run was set up", file=sys.stderr)
         return 128 + e.args[0]
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        SIGNALS.restore()
 
 
 def one_line(message: str) -> str:

@@ -23,6 +23,7 @@ from hw3.cli import Parser, one_line
 from hw3.config import load_config
 from hw3.errors import UserError
 from hw3.models import model_from_card
+from hw3.storage import check_weights
 
 
 def parse_evaluate_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -37,8 +38,8 @@ def parse_evaluate_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def find_weights(run_dir: Path, checkpoint: str) -> tuple[Path, dict]:
-    """(weights file, model card) for best | last | a path."""
-    card_file = run_dir / "best" / "model.json"
+    """(weights file, model card) for best | last | a path, verified against the folder's manifest when it has
+    one (hw3 writes one into best/ and every checkpoint)."""
     if checkpoint == "best":
         path = run_dir / "best" / "model.safetensors"
     elif checkpoint == "last":
@@ -48,10 +49,19 @@ def find_weights(run_dir: Path, checkpoint: str) -> tuple[Path, dict]:
         path = found[-1] / "model.safetensors"
     else:
         path = Path(checkpoint)
+        if not path.exists():
+            raise UserError(
+                f"--checkpoint {checkpoint}: no such file or folder (give best, last, a checkpoint folder "
+                f"or a model.safetensors)"
+            )
         path = path / "model.safetensors" if path.is_dir() else path
-        card_file = path.with_name("model.json") if path.with_name("model.json").is_file() else card_file
-    if not path.is_file() or not card_file.is_file():
-        raise UserError(f"--checkpoint {checkpoint}: no weights at {path} (or no model.json in {card_file.parent})")
+    if not path.is_file():
+        raise UserError(f"--checkpoint {checkpoint}: {path} does not exist")
+    cards = [path.with_name("model.json"), run_dir / "best" / "model.json"]
+    card_file = next((c for c in cards if c.is_file()), None)
+    if card_file is None:
+        raise UserError(f"--checkpoint {checkpoint}: no model.json beside {path.name} or in {run_dir / 'best'}")
+    check_weights(path, card_file)
     return path, json.loads(card_file.read_text())
 
 

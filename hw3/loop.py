@@ -23,12 +23,13 @@ from hw3.faults import crash_point
 from hw3.optim import routing_table
 from hw3.optim.nonfinite import found_inf, step_unless, total_norm
 from hw3.optim.schedules import batch_scale, set_lr
+from hw3.signals import SIGNALS
 
 Micro = tuple[torch.Tensor, torch.Tensor, float, bool]  # images, labels, loss weight, last of its step
 
 
 class Interrupted(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint was saved at the last step boundary."""
+    """SIGTERM/SIGINT arrived (args[0]: the signal number); a checkpoint was saved at the last step boundary."""
 
 
 class NonFinite(Exception):
@@ -52,7 +53,7 @@ def fit(run: Run) -> None:
             state.stopped = state.stopped or "max_steps"
         state.wall_time_s += time.perf_counter() - started
         started = time.perf_counter()
-        save_checkpoint(run.accelerator, run.run_dir, (epoch, trained), run.components(), run.ema, train_cfg.keep_last)
+        checkpoint(run, (epoch, trained))
         crash_point("after_save")
         if interrupted(run, agree=True):
             raise Interrupted(run.agreed_signal)
@@ -73,33 +74,47 @@ def train_one_epoch(run: Run, epoch: int, batch_size: int) -> dict:
         # this step's micro-batches (zip stops at the end of the range without taking the next batch)
         micro = ((x, y, weights[i], i == last - 1) for i, (x, y) in zip(range(first, last), batches))  # noqa: B905
         run.sums.lr_factor = set_lr(run.optimizer, run.schedule, state.step, scale)
-        look = (state.step + 1) % log_every == 0 or last == len(sizes)  # also measure the gradient norm then
-        step_started = time.perf_counter()
-        train_step(run, micro, measure_norm=look)
-        if run.compiling:  # torch.compile compiled the model during this first step: say how long that took, once
-            run.compiling = False
-            run.accelerator.print(f"torch.compile: the first step took {time.perf_counter() - step_started:.1f} s")
+        # The host looks every log.log_every steps and at the last step of the epoch (or of train.max_steps).
+        final = last == len(sizes) or (train_cfg.max_steps is not None and state.step + 1 >= train_cfg.max_steps)
+        look = (state.step + 1) % log_every == 0 or final
+        if run.compile_guard.new_shape(sizes[first:last]):  # torch.compile compiles now: fall back if it fails
+            run.compile_guard.first_step(run, micro, look, train_step)
+        else:
+            train_step(run, micro, measure_norm=look)
         state.batch = last
         crash_point("train_step")
         if bar is not None:
             bar.update(last - first)
         if look:
             look_at_device(run, bar)
-        if interrupted(run):
+        if interrupted(run) or (not final and checkpoint_due(run)):
             run.sums.seconds += time.perf_counter() - started
-            position = (epoch, state.batch)
-            save_checkpoint(run.accelerator, run.run_dir, position, run.components(), run.ema, train_cfg.keep_last)
-            run.accelerator.print(
-                f"stopped by signal {run.agreed_signal} at epoch {epoch} batch {state.batch}; checkpoint saved; "
-                f"rerun the same command to continue"
-            )
-            raise Interrupted(run.agreed_signal)
-        if train_cfg.max_steps is not None and state.step >= train_cfg.max_steps:
+            started = time.perf_counter()
+            checkpoint(run, (epoch, state.batch))
+            if run.agreed_signal:
+                raise Interrupted(run.agreed_signal)
+        if final and last < len(sizes):
             break
     if bar is not None:
         bar.close()
     run.sums.seconds += time.perf_counter() - started
     return epoch_metrics(run, batch_size)
+
+
+def checkpoint(run: Run, position: tuple[int, int]) -> None:
+    """The full training state at `position` (epoch, batches of it trained); restarts the interval's clock."""
+    save_checkpoint(
+        run.accelerator, run.run_dir, position, run.components(), run.own(), run.ema, run.cfg.train.keep_last
+    )
+    run.last_checkpoint = time.monotonic()
+    run.checkpoint_due = False
+
+
+def checkpoint_due(run: Run) -> bool:
+    """A mid-epoch checkpoint after this step? train.checkpoint_every_steps counts optimizer steps (the same on
+    every process); train.checkpoint_every_minutes is the main process's clock, agreed at the host's looks."""
+    every = run.cfg.train.checkpoint_every_steps
+    return run.checkpoint_due or (every is not None and run.state.step % every == 0)
 
 
 def train_step(run: Run, micro_batches: Iterator[Micro], measure_norm: bool) -> None:
@@ -157,13 +172,23 @@ def backward(run: Run, loss: torch.Tensor) -> None:
 
 def look_at_device(run: Run, bar) -> None:
     """The host's one read of the device per log.log_every steps (and at the end of an epoch): stop after too many
-    non-finite steps in a row, agree across processes on whether a signal arrived, show the running loss."""
+    non-finite steps in a row, agree across processes on whether a signal arrived and whether a timed checkpoint
+    is due, show the running loss."""
     accelerator, sums, limit = run.accelerator, run.sums, run.cfg.train.max_bad_steps
-    flags = torch.stack([run.bad_steps.longest.double(), torch.full_like(sums.loss, float(run.signal))])
+    minutes = run.cfg.train.checkpoint_every_minutes
+    due = minutes is not None and accelerator.is_main_process and time.monotonic() - run.last_checkpoint >= 60 * minutes
+    flags = torch.stack(
+        [
+            run.bad_steps.longest.double(),
+            torch.full_like(sums.loss, float(SIGNALS.pending)),
+            torch.full_like(sums.loss, float(due)),
+        ]
+    )
     if accelerator.num_processes > 1:
         flags = accelerator.reduce(flags, "max")
-    longest, signal, loss = torch.cat([flags, sums.loss[None]]).tolist()
-    run.agreed_signal = int(signal)
+    longest, signal, due, loss = torch.cat([flags, sums.loss[None]]).tolist()
+    run.agreed_signal, run.checkpoint_due = int(signal), bool(due)
+    run.compile_guard.look(run)
     if longest >= limit:
         checkpoints = list_checkpoints(run.run_dir)
         scale = f" (the fp16 loss scale fell to {run.scaler.get_scale():g}; try bf16)" if run.scaler else ""
@@ -177,12 +202,12 @@ def look_at_device(run: Run, bar) -> None:
 
 
 def interrupted(run: Run, agree: bool = False) -> bool:
-    """Has SIGTERM/SIGINT arrived? With one process: the handler's flag, at every step. With several, they must stop
-    at the same step: the flag they last agreed on (in look_at_device, or here with `agree`, a collective)."""
+    """Has SIGTERM/SIGINT arrived? With one process: the handler's record, at every step. With several, they must
+    stop at the same step: the record they last agreed on (in look_at_device, or here with `agree`, a collective)."""
     if run.accelerator.num_processes == 1:
-        run.agreed_signal = run.signal
+        run.agreed_signal = SIGNALS.pending
     elif agree:
-        flag = torch.tensor([float(run.signal)], device=run.accelerator.device)
+        flag = torch.tensor([float(SIGNALS.pending)], device=run.accelerator.device)
         run.agreed_signal = int(run.accelerator.reduce(flag, "max").item())
     return run.agreed_signal != 0
 

@@ -120,6 +120,14 @@ def has_resnet_stem(model: nn.Module) -> bool:
     return isinstance(getattr(model, "maxpool", None), nn.Module) and isinstance(conv, nn.Conv2d)
 
 
+def stem_adaptable(name: str) -> bool:
+    """Does timm's `name` have the stem small_input adapts? (Built on the meta device: no memory, no weights.)"""
+    if name in default_cfgs:
+        return False
+    with torch.device("meta"):
+        return has_resnet_stem(timm.create_model(name))
+
+
 def wants_small_input(cfg: ModelConfig, model: nn.Module, image_size: int) -> bool:
     if cfg.small_input is not None:
         return cfg.small_input
@@ -259,4 +267,7 @@ def load_model(path: str, device: str = "cpu") -> nn.Module:
     card_file = weights.with_name("model.json")
     if not weights.is_file() or not card_file.is_file():
         raise UserError(f"{path}: no model.safetensors with its model.json there")
+    from hw3.storage import check_weights
+
+    check_weights(weights, card_file)
     return model_from_card(json.loads(card_file.read_text()), load_file(str(weights))).to(device)

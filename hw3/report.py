@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import yaml
 
 from hw3.cli import Parser, one_line
+from hw3.config import dotted
 from hw3.errors import UserError
 
 COLUMNS = (
@@ -75,10 +76,26 @@ def clock(seconds: Optional[float]) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def row(run: dict) -> dict:
+# Keys the table shows in their own columns or in strategy()'s words; any other key that differs between the
+# compared runs is added to their strategy as key=value, so two rows never look alike when their recipes differ.
+SHOWN = (
+    "optim.name", "optim.lr", "optim.base", "optim.rho", "optim.adaptive", "sched.name", "train.label_smoothing",
+    "train.mixup", "train.cutmix", "train.ema_decay", "model.name", "model.pretrained", "model.pretrained_file",
+    "data.image_size", "train.epochs", "output_dir", "smoke",
+)  # fmt: skip
+
+
+def differing(runs: list[dict]) -> list[str]:
+    """Recipe keys whose values differ between `runs` and are not already in a column."""
+    flats = [dotted(run["cfg"]) for run in runs]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if k not in SHOWN and len({repr(f.get(k)) for f in flats}) > 1]
+
+
+def row(run: dict, extra_keys: Sequence[str] = ()) -> dict:
     cfg, rows, summary = run["cfg"], run["rows"], run["summary"]
-    model = cfg["model"]
-    pretrained = "yes" if model["pretrained"] or model["pretrained_file"] else "no"
+    model, smoke = cfg["model"], cfg.get("smoke", False)
+    pretrained = "yes" if (model["pretrained"] or model["pretrained_file"]) and not smoke else "no"
     best_val = summary["best_val_acc"] if summary else max((r["val_acc"] for r in rows), default=None)
     test = summary.get("test_acc") if summary else None
     planned = (summary or {}).get("epochs") or cfg["train"]["epochs"]  # train.extend_epochs may have changed it
@@ -86,9 +103,11 @@ def row(run: dict) -> dict:
     wall = summary["wall_time_s"] if summary else sum(r["epoch_time_s"] for r in rows)
     size = summary["image_size"] if summary else cfg["data"]["image_size"] or "native"
     pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731
+    values = dotted(cfg)
+    extra = [f"{k}={values.get(k)}" for k in extra_keys]
     return {
-        "run": run["dir"].name,
-        "strategy": strategy(cfg),
+        "run": run["dir"].name + (" (smoke: synthetic data, random weights)" if smoke else ""),
+        "strategy": ", ".join([strategy(cfg), *extra]),
         "model": model["name"],
         "pretrained": pretrained,
         "image size": size,
@@ -102,7 +121,8 @@ def row(run: dict) -> dict:
 
 def markdown(runs: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(row(run)[c]) for c in COLUMNS) + " |" for run in runs]
+    extra = differing(runs)
+    lines += ["| " + " | ".join(str(row(run, extra)[c]) for c in COLUMNS) + " |" for run in runs]
     return "\n".join(lines) + "\n"
 
 
@@ -146,18 +166,18 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = Parser(prog="python -m hw3.report", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", type=Path, help="run dirs, or one sweep dir (hw3.sweep --out)")
-    p.add_argument("--out", type=Path, default=Path("report.md"))
+    p.add_argument("--out", type=Path, default=None, help="the report (default runs/report.md; a sweep: its dir)")
     try:
         args = p.parse_args(argv)
         sweeps = [d for d in args.run_dirs if is_sweep_dir(d)]
         if sweeps:
             if len(args.run_dirs) > 1:
-                raise UserError(f"{sweeps[0]} is a sweep dir: report it alone (it gets sweep.md, not --out)")
-            table = write_sweep_report(sweeps[0])
+                raise UserError(f"{sweeps[0]} is a sweep dir: report it alone")
+            table, written = write_sweep_report(sweeps[0], args.out)
             print(table, end="")
-            print(f"wrote {sweeps[0] / 'sweep.json'}, {sweeps[0] / 'sweep.md'}, {sweeps[0] / 'sweep_val_acc.png'}")
+            print("wrote " + ", ".join(map(str, written)))
             return 0
-        written = write_report(args.run_dirs, args.out)
+        written = write_report(args.run_dirs, args.out or Path("runs") / "report.md")
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2

@@ -13,13 +13,14 @@ import fcntl
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from hw3.checkpoint import list_checkpoints, read_state
+from hw3.checkpoint import newest_verified, read_state, recover_best, set_aside
 from hw3.config import Config, dotted, load_config
-from hw3.errors import UserError
+from hw3.errors import RunDirBusy, UserError
+from hw3.storage import verify
 
 LOCK_FILE = ".lock"
 # Keys a resumed launch may change: where things are read from or written to, logging, limits of one launch.
@@ -38,16 +39,22 @@ MAY_CHANGE = (
     "train.max_bad_steps",
     "train.eval_batch_size",
     "train.extend_epochs",
+    "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes",
+    "train.collective_timeout_minutes",
+    "data.cache",
     "output_dir",
 )
 
 
 class RunDirLock:
-    """An exclusive flock on <run dir>/.lock, taken without waiting. The run dir is created if needed (and
-    removed again by `release(keep=False)` when this launch created it and wrote nothing else)."""
+    """An exclusive flock on <run dir>/.lock, taken without waiting. The run dir (and any missing parent) is
+    created if needed, and removed again by `release(keep=False)` when this launch created it and wrote nothing
+    else: a launch that fails before training leaves no empty folders behind."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.created = run_dir, not run_dir.exists()
+        self.run_dir = run_dir
+        self.created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -58,7 +65,7 @@ class RunDirLock:
         except BlockingIOError:
             holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(self.fd)
-            raise UserError(
+            raise RunDirBusy(
                 f"output_dir: {run_dir} is in use by another hw3 run (pid {holder}); wait for it to finish, "
                 f"or choose another output_dir"
             ) from None
@@ -66,9 +73,32 @@ class RunDirLock:
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self, keep: bool = True) -> None:
-        if not keep and self.created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
+        if (
+            not keep
+            and self.created
+            and not any(p.name != LOCK_FILE and not p.is_dir() for p in self.run_dir.rglob("*"))
+        ):  # nothing in it but the lock and folders made for the run
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            for parent in self.created[1:]:  # empty parents this launch made (runs/, runs/smoke/)
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
         os.close(self.fd)  # the kernel drops the lock with the last descriptor
+
+
+def lock_is_free(run_dir: Path) -> bool:
+    """Could a launch take this run dir's lock now? (Takes and drops it; creates nothing.)"""
+    if not (run_dir / LOCK_FILE).is_file():
+        return True
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -79,6 +109,7 @@ class Start:
     wipe: bool = False  # empty the run dir first (train.overwrite, or a run that died before its first checkpoint)
     done: Optional[str] = None  # the run is complete: this line says so, and nothing else happens
     old_epochs: Optional[int] = None  # train.epochs the run was laid out for, when extend_epochs changes it
+    rejected: list = field(default_factory=list)  # (checkpoint, what is wrong) for newer ones that did not verify
 
 
 def contents(run_dir: Path) -> list[Path]:
@@ -95,8 +126,11 @@ def decide_start(cfg: Config, run_dir: Path) -> Start:
     train_cfg = cfg.train
     if train_cfg.resume not in ("auto", "never"):
         path = Path(train_cfg.resume)
-        if not (path / "trainer_state.json").is_file():
-            raise UserError(f"train.resume: {path} is not a complete hw3 checkpoint (no trainer_state.json)")
+        if not path.is_dir():
+            raise UserError(f"train.resume: {path} is not a checkpoint folder")
+        problem = verify(path)
+        if problem is not None:
+            raise UserError(f"train.resume: {path}: {problem}")
         return Start(resume_from=path)
     if occupied and train_cfg.overwrite:
         if not is_run_dir(run_dir):
@@ -107,11 +141,11 @@ def decide_start(cfg: Config, run_dir: Path) -> Start:
             f"output_dir: {run_dir} already holds a run and train.resume=never; "
             f"set train.overwrite=true to replace it, or choose another output_dir"
         )
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints:
-        state = read_state(checkpoints[-1])["train"]
+    newest, rejected = newest_verified(run_dir)
+    if newest is not None:
+        state = read_state(newest)["train"]
         old_epochs = check_same_recipe(cfg, run_dir, state.get("epochs"))
-        return finished(cfg, run_dir, state) or Start(resume_from=checkpoints[-1], old_epochs=old_epochs)
+        return finished(cfg, run_dir, state) or Start(resume_from=newest, old_epochs=old_epochs, rejected=rejected)
     # A run that died before its first complete checkpoint has nothing to resume: start it over. A finished run
     # (summary.json) whose checkpoints are gone, or a folder that is not a run, is someone's result: refuse.
     if occupied and (not is_run_dir(run_dir) or (run_dir / "summary.json").exists()):
@@ -126,12 +160,17 @@ def check_same_recipe(cfg: Config, run_dir: Path, epochs: Optional[int]) -> Opti
     """Raise unless `cfg` is the recipe the run started with (config.yaml), up to MAY_CHANGE keys, and its
     train.epochs the one the run's schedule is laid out over (`epochs`, from the newest checkpoint), unless
     train.extend_epochs. Returns the old train.epochs when that one changed."""
-    try:
-        stored = load_config(str(run_dir / "config.yaml"))
-    except UserError as e:
+    record = run_dir / "config.yaml"
+    if not record.is_file() or not record.read_bytes().strip():
         raise UserError(
-            f"{run_dir / 'config.yaml'} no longer loads ({e}); resume it with the hw3 that wrote it"
-        ) from None
+            f"{record} is {'missing' if not record.is_file() else 'empty'}: the record of the recipe this run was "
+            f"trained with is lost, so a resume cannot be checked; use another output_dir, or "
+            f"train.resume=never train.overwrite=true to start it over"
+        )
+    try:
+        stored = load_config(str(record))
+    except UserError as e:
+        raise UserError(f"{record} no longer loads ({e}); resume it with the hw3 that wrote it") from None
     stored.train.epochs = epochs or stored.train.epochs
     old, new = dotted(stored), dotted(cfg)
     changed = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
@@ -170,17 +209,21 @@ def finished(cfg: Config, run_dir: Path, state: dict) -> Optional[Start]:
     )
 
 
-def prepare_run_dir(run_dir: Path, wipe: bool) -> None:
-    """Empty the run dir when asked (keeping the lock), make its folders. Main process only, lock held."""
+def prepare_run_dir(run_dir: Path, start: Start) -> list[str]:
+    """Empty the run dir when asked (keeping the lock), make its folders, move damaged checkpoints aside, finish an
+    interrupted swap of best/. Main process only, lock held. Returns the warnings to print."""
     try:
-        if wipe:
+        if start.wipe:
             for path in contents(run_dir):
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        warnings = set_aside(start.rejected)
+        recover_best(run_dir)
     except OSError as e:
         raise UserError(f"output_dir: cannot write to {run_dir} ({e.strerror or e})") from None
     for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # saves a crash interrupted
         shutil.rmtree(stale, ignore_errors=True)
+    return warnings
 
 
 def check_output_dir(run_dir: Path) -> None:

@@ -1,11 +1,13 @@
 """One launch of a run, top to bottom: decide where to start (fresh or a checkpoint), build, train, test, write
-the summary. `train_recipe` is what `train.py` calls."""
+the summary. `train_recipe` is what `train.py` calls.
+
+Whatever stops a launch says so in one line: a signal (what was kept and how to go on, depending on the moment it
+came), a lost peer process (which one, the newest checkpoint), a failed write (which file, the free space)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import signal
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,41 +17,94 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list, set_seed
 
-from hw3.build import Run, build_run, describe, epoch_starts, make_accelerator, new_wandb_id
-from hw3.checkpoint import load_checkpoint
+from hw3.build import Run, build_run, describe, epoch_layout, make_accelerator, new_wandb_id
+from hw3.checkpoint import list_checkpoints, load_checkpoint
 from hw3.config import Config
-from hw3.errors import UserError
+from hw3.distributed import Peers, is_collective_failure
+from hw3.errors import LaunchError, PeerLost, UserError
+from hw3.faults import crash_point
 from hw3.loop import Interrupted, NonFinite, fit
 from hw3.optim.schedules import build_schedule
 from hw3.rundir import RunDirLock, Start, check_output_dir, decide_start, prepare_run_dir
+from hw3.signals import SIGNALS, Stopped, name
 from hw3.summary import processes_in_sync, summary_of, test_best
 from hw3.tracking import device_name
 
 
+class Launch:
+    """Where this launch is (start-up, training, test), so that whatever stops it says the right thing."""
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path):
+        self.accelerator, self.run_dir, self.phase = accelerator, run_dir, "start-up"
+        self.peers = Peers(accelerator)
+
+    def newest(self) -> str:
+        found = list_checkpoints(self.run_dir) if self.run_dir.is_dir() else []
+        return str(found[-1]) if found else ""
+
+    def stopped(self, signum: int, run: Optional[Run]) -> str:
+        signal_name, newest = name(signum), self.newest()
+        if self.phase == "training" and run is not None:
+            state = run.state
+            where = f"at epoch {state.epoch} batch {state.batch}" if state.batch else f"after epoch {state.epoch - 1}"
+            return f"stopped by {signal_name} {where}; checkpoint {newest} saved; rerun the same command to continue"
+        if self.phase == "test":
+            return (
+                f"stopped by {signal_name} during the final test; training is complete (checkpoint {newest}); rerun "
+                f"the same command to test the best weights and write the summary"
+            )
+        if newest:
+            return f"stopped by {signal_name} during start-up; rerun the same command to continue from {newest}"
+        return f"stopped by {signal_name} during start-up, before any checkpoint; rerun the same command to start"
+
+    def peer_lost(self, error: BaseException) -> PeerLost:
+        gone = self.peers.lost()
+        reason = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\] ", "", " ".join(str(error).split())).split(". ")[0][:160]
+        newest = self.newest() or "none yet (the run starts over)"
+        lost = PeerLost(
+            f"{self.peers.describe(gone)} during {self.phase} ({type(error).__name__}: {reason}); the newest "
+            f"checkpoint is {newest}; rerun the same command to resume"
+        )
+        lost.quiet = not self.peers.reporter(gone)
+        return lost
+
+    def say(self, line: str) -> None:
+        if self.accelerator.is_main_process:
+            print(line, file=sys.stderr, flush=True)
+
+
 def train_recipe(cfg: Config, recipe: Optional[str], command: Sequence[str] = ()) -> int:
-    """Train the recipe; returns the exit code (0 done, 1 stopped on non-finite steps, 128+N on signal N).
-    `command` is the command line as typed, for command.txt and summary.json."""
+    """Train the recipe; returns the exit code (hw3.errors: 0 done, 1 stopped on non-finite steps, 128+N on signal
+    N; LaunchErrors raise). `command` is the command line as typed, for command.txt and summary.json."""
     stem = Path(recipe).stem if recipe else "default"
     run_dir = Path(cfg.output_dir or (Path("runs") / "smoke" / stem if cfg.smoke else Path("runs") / stem))
     check_output_dir(run_dir)
     accelerator = make_accelerator(cfg, run_dir)
-    lock, started = None, False
+    lock, started, run = None, False, None
+    launch = Launch(accelerator, run_dir)
     try:
         lock, start = decide_on_main(accelerator, cfg, run_dir)
         if start.done:
             accelerator.print(start.done)
             return 0
+        crash_point("start_up")
         set_seed(cfg.seed)
         run = build_run(cfg, accelerator, run_dir)
-        started = True
         start_run(run, start, list(command))
-        with signals_to(run):
-            return train_and_test(run)
-    except Interrupted as e:
+        started = True  # the run dir now holds this launch's records: kept whatever happens next
+        return train_and_test(run, launch)
+    except (Interrupted, Stopped) as e:
+        launch.say(launch.stopped(e.args[0], run))
         return 128 + e.args[0]
+    except Exception as e:
+        if accelerator.num_processes > 1 and not isinstance(e, LaunchError) and is_collective_failure(e):
+            raise launch.peer_lost(e) from None
+        raise
     finally:
         if lock is not None:
             lock.release(keep=started)
+        if run is not None:
+            run.compile_guard.close()
         accelerator.end_training()
         # accelerate keeps its state in process-wide singletons; clear them so one process can run another
         # recipe afterwards (tests, notebooks) with different settings.
@@ -66,14 +121,16 @@ def decide_on_main(accelerator: Accelerator, cfg: Config, run_dir: Path) -> tupl
             lock = RunDirLock(run_dir)
             answer = [decide_start(cfg, run_dir), None]
         except UserError as e:
-            answer = [None, str(e)]
+            answer = [None, (type(e), str(e))]
             if lock is not None:
                 lock.release(keep=False)
                 lock = None
     if accelerator.num_processes > 1:
         broadcast_object_list(answer)
     if answer[1]:
-        raise UserError(answer[1])
+        error = answer[1][0](answer[1][1])
+        error.quiet = not accelerator.is_main_process  # every process has it; the main one says it
+        raise error
     return lock, answer[0]
 
 
@@ -81,10 +138,11 @@ def start_run(run: Run, start: Start, command: list[str]) -> None:
     """Create (or empty) the run dir, restore the checkpoint if there is one, start the trackers."""
     accelerator = run.accelerator
     if accelerator.is_main_process:
-        prepare_run_dir(run.run_dir, start.wipe)
+        for warning in prepare_run_dir(run.run_dir, start):
+            print(warning, file=sys.stderr, flush=True)
     accelerator.wait_for_everyone()
     if start.resume_from is not None:
-        load_checkpoint(accelerator, start.resume_from, run.components(), run.ema)
+        load_checkpoint(accelerator, start.resume_from, run.components(), run.own(), run.ema)
         if run.state.stopped == "max_steps":  # a limit of that command, not of the run
             run.state.stopped = None
         accelerator.print(f"resuming from {start.resume_from} (epoch {run.state.epoch}, batch {run.state.batch})")
@@ -100,7 +158,7 @@ def start_run(run: Run, start: Start, command: list[str]) -> None:
 def epochs_notice(run: Run, old_epochs: int) -> str:
     """What train.extend_epochs does to the lr where the run resumes."""
     cfg, step = run.cfg, run.state.step
-    old = build_schedule(cfg.sched, cfg.optim.lr, epoch_starts(replace(cfg.train, epochs=old_epochs), run.data))
+    old = build_schedule(cfg.sched, cfg.optim.lr, epoch_layout(replace(cfg.train, epochs=old_epochs), run.data))
     old.load_state_dict(run.schedule.state_dict())
     before, after = cfg.optim.lr * old.factor(step), cfg.optim.lr * run.schedule.factor(step)
     return (
@@ -121,25 +179,12 @@ def launch_record(accelerator: Accelerator, command: list[str]) -> dict:
     )
 
 
-@contextlib.contextmanager
-def signals_to(run: Run):
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary and exits."""
-
-    def handler(signum, frame):
-        run.signal = signum
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def train_and_test(run: Run) -> int:
+def train_and_test(run: Run, launch: Launch) -> int:
     code = 0
+    launch.phase = "training"
     try:
-        fit(run)
+        with SIGNALS.deferred():  # a signal is acted on at the next step boundary, after a checkpoint
+            fit(run)
     except NonFinite as e:
         run.state.stopped = "non_finite"
         run.state.skipped_steps += int(run.sums.skipped.item())  # the unfinished epoch's
@@ -148,14 +193,18 @@ def train_and_test(run: Run) -> int:
         code = 1
     accelerator = run.accelerator
     extra = {"processes_in_sync": processes_in_sync(accelerator, run.net)} if accelerator.num_processes > 1 else {}
-    if (run.state.stopped == "max_steps" and not run.cfg.smoke) or not run.state.history:
-        run.tracker.summary({**summary_of(run, {}), **extra})
-        return code
-    test = test_best(run)
-    run.tracker.summary({**summary_of(run, test), **extra})
+    test = {}
+    if not ((run.state.stopped == "max_steps" and not run.cfg.smoke) or not run.state.history):
+        launch.phase = "test"  # a signal here stops the test at once; a rerun tests again
+        test = test_best(run)
+    with SIGNALS.deferred():  # the summary is the last write: finish it, then say the run is complete
+        crash_point("summary")
+        run.tracker.summary({**summary_of(run, test), **extra})
     if test:
         accelerator.print(
             f"test: acc {test['test_acc']:.2%}, loss {test['test_loss']:.4f} "
             f"(best weights, epoch {run.best.epoch}, {run.best.source})"
         )
+    if SIGNALS.pending:
+        launch.say(f"{name(SIGNALS.pending)} arrived as the summary was written; the run is complete")
     return code

@@ -7,6 +7,8 @@ from safetensors.torch import load_file
 
 from hw3.build import Run, eval_batch_size
 from hw3.evaluation import evaluate
+from hw3.faults import crash_point
+from hw3.storage import check_weights
 from hw3.tracking import device_name
 
 
@@ -15,8 +17,10 @@ def test_best(run: Run) -> dict:
     if run.data.src.test is None:
         return {}
     best = run.run_dir / "best" / "model.safetensors"
+    crash_point("test")
     run.accelerator.wait_for_everyone()
     if best.is_file():
+        check_weights(best, best.with_name("model.json"))
         run.net.load_state_dict(load_file(str(best)))
     result = evaluate(run.net, run.data.eval_batches("test", eval_batch_size(run.cfg.train)), run.accelerator)
     return dict(

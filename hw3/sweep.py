@@ -14,6 +14,7 @@ Each grid value is parsed as YAML like any override; commas inside [...] or {...
 from __future__ import annotations
 
 import argparse
+import datetime
 import itertools
 import json
 import os
@@ -21,18 +22,19 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from queue import Queue
 from typing import Optional, Sequence
 
 from hw3.cli import Parser, one_line
-from hw3.errors import UserError
+from hw3.errors import RunDirBusy, UserError
 
 PLAN_FILE = "sweep_plan.json"
 SET_BY_THE_SWEEP = ("seed", "output_dir")
+POLL_S = 2.0  # how often a sweep waiting for runs held elsewhere looks again
 
 
 @dataclass
@@ -91,12 +93,8 @@ def parse_grid(items: Sequence[str], overrides: Sequence[str]) -> dict[str, list
 
 
 def combination_name(params: dict) -> str:
-    """optim.name=sam, optim.lr=0.1 -> "name-sam_lr-0.1" (the full key where two keys end alike)."""
-    last = [key.rsplit(".", 1)[-1] for key in params]
-    parts = []
-    for key, short, value in zip(params, last, params.values(), strict=True):
-        label = short if last.count(short) == 1 else key
-        parts.append(f"{label}-{re.sub(r'[^A-Za-z0-9.+-]+', '_', value).strip('_') or 'null'}")
+    """optim.name=sam, optim.lr=0.1 -> "optim.name-sam_optim.lr-0.1" (safe as a folder name)."""
+    parts = [f"{key}-{re.sub(r'[^A-Za-z0-9.+-]+', '_', value).strip('_') or 'null'}" for key, value in params.items()]
     return "_".join(parts) or "recipe"
 
 
@@ -126,47 +124,89 @@ def command(recipe: str, run: PlannedRun) -> list[str]:
 def completed(recipe: str, run: PlannedRun) -> bool:
     """Would this run say "complete"? (The same decision as `train.py` makes; a changed recipe raises.)"""
     from hw3.config import load_config
-    from hw3.rundir import decide_start
+    from hw3.rundir import decide_start, lock_is_free
 
     cfg = load_config(recipe, run.overrides)
     run_dir = Path(cfg.output_dir)
-    return run_dir.is_dir() and decide_start(cfg, run_dir).done is not None
+    if not run_dir.is_dir() or not lock_is_free(run_dir):  # a run another launch holds is not complete yet
+        return False
+    return decide_start(cfg, run_dir).done is not None
+
+
+class Claims:
+    """The runs still to do, handed out one at a time to this sweep's slots. A run whose run-dir lock another launch
+    holds (another sweep on the same DIR, a cluster job) is running elsewhere: it is neither launched nor counted
+    as failed; when only such runs are left, the slots wait for them (and run any that stops unfinished)."""
+
+    def __init__(self, recipe: str, runs: list[PlannedRun], out: Path):
+        self.recipe, self.pending, self.out, self.lock = recipe, list(runs), out, threading.Lock()
+        self.failed: list[str] = []
+        self.waiting_said = False
+
+    def next(self) -> Optional[PlannedRun]:
+        from hw3.rundir import lock_is_free
+
+        while True:
+            with self.lock:
+                for run in list(self.pending):
+                    if not lock_is_free(self.out / run.name):
+                        continue  # running elsewhere
+                    self.pending.remove(run)
+                    if not completed(self.recipe, run):
+                        return run
+                if not self.pending:
+                    return None
+                if not self.waiting_said:
+                    self.waiting_said = True
+                    names = ", ".join(r.name for r in self.pending)
+                    print(f"waiting for {len(self.pending)} run(s) running in another launch: {names}", flush=True)
+            time.sleep(POLL_S)
+
+    def finished(self, run: PlannedRun, code: int) -> None:
+        with self.lock:
+            if code == RunDirBusy.exit_code:  # another launch took it first: theirs now, wait for it
+                self.pending.append(run)
+            elif code != 0:
+                self.failed.append(run.name)
 
 
 def run_all(recipe: str, runs: list[PlannedRun], out: Path, parallel: int) -> int:
     """Launch the runs that are not complete, `parallel` at a time; returns how many failed."""
     todo = [run for run in runs if not completed(recipe, run)]  # a run dir with another recipe stops it here
     print(f"{len(runs)} runs: {len(runs) - len(todo)} complete, {len(todo)} to run, {parallel} at a time", flush=True)
-    slots: Queue = Queue()
-    for env in slot_environments(parallel):
-        slots.put(env)
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    claims = Claims(recipe, todo, out)
 
-    def launch(run: PlannedRun) -> int:
-        env = slots.get()
-        started = time.perf_counter()
-        try:
-            with open(out / "logs" / f"{run.name}.log", "w") as log:
-                code = subprocess.run(command(recipe, run), env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        finally:
-            slots.put(env)
-        print(
-            f"{run.name}: {outcome(out / run.name, out / 'logs' / f'{run.name}.log', code)} "
-            f"({time.perf_counter() - started:.0f} s)",
-            flush=True,
-        )
-        return code
+    def slot(env: dict) -> None:
+        while (run := claims.next()) is not None:
+            started = time.perf_counter()
+            code = launch(recipe, run, out, env)
+            claims.finished(run, code)
+            print(f"{run.name}: {outcome(out, run, code)} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        codes = list(pool.map(launch, todo))
-    return sum(code != 0 for code in codes)
+        list(pool.map(slot, slot_environments(parallel)))
+    return len(claims.failed)
 
 
-def outcome(run_dir: Path, log: Path, code: int) -> str:
+def launch(recipe: str, run: PlannedRun, out: Path, env: dict) -> int:
+    """One run as `python -m hw3.cli`, its output appended to DIR/logs/<run>.log under a header for this launch."""
+    cmd = command(recipe, run)
+    with open(out / "logs" / f"{run.name}.log", "a") as log:
+        log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} sweep pid {os.getpid()}: ")
+        log.write(shlex.join(cmd) + "\n")
+        log.flush()
+        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def outcome(out: Path, run: PlannedRun, code: int) -> str:
+    if code == RunDirBusy.exit_code:
+        return "running in another launch (its lock was taken first); waiting for it"
     if code != 0:
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        text = (out / "logs" / f"{run.name}.log").read_text(errors="replace")
+        lines = [line for line in text.split("\n# ")[-1].splitlines()[1:] if line.strip()]  # this launch's part
         return f"failed (exit {code}): {lines[-1] if lines else 'no output'}"
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((out / run.name / "summary.json").read_text())
     test = f", test acc {summary['test_acc']:.2%}" if summary.get("test_acc") is not None else ""
     return f"done, best val acc {summary['best_val_acc']:.2%}{test}"
 
@@ -215,7 +255,7 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
             print("\n".join(shlex.join(["python", *command(args.recipe, run)[1:]]) for run in runs))
             return 0
         failed = run_all(args.recipe, runs, args.out, args.parallel)
-        table = write_sweep_report(args.out)
+        table, _ = write_sweep_report(args.out)
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Optional
 
 from hw3.errors import UserError
 from hw3.monitor import Monitor
@@ -99,13 +100,14 @@ def plot_val_acc(sweep: dict, path: Path) -> None:
         color = f"C{i % 10}"
         ax.plot(
             range(epochs),
-            [statistics.fmean(v) for v in at],
+            [100 * statistics.fmean(v) for v in at],
             color=color,
             label=f"{entry['combination']} (n={entry['n']})",
         )
-        ax.fill_between(range(epochs), [min(v) for v in at], [max(v) for v in at], color=color, alpha=0.2)
+        low, high = [100 * min(v) for v in at], [100 * max(v) for v in at]
+        ax.fill_between(range(epochs), low, high, color=color, alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (mean, min-max over seeds)")
+    ax.set_ylabel("validation accuracy, % (mean, min-max over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -113,16 +115,18 @@ def plot_val_acc(sweep: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_sweep_report(out: Path) -> str:
-    """Write sweep.json, sweep.md and sweep_val_acc.png into the sweep dir; returns the markdown table."""
+def write_sweep_report(out: Path, report: Optional[Path] = None) -> tuple[str, list[Path]]:
+    """Write sweep.json into the sweep dir, and the markdown table with its plot to `report` (default: sweep.md
+    in the sweep dir, the plot beside it); returns the table and the files written."""
     sweep = summarize(out)
     table = sweep_table(sweep)
+    report = report or out / "sweep.md"
+    plot = report.with_name(f"{report.stem}_val_acc.png" if report.name != "sweep.md" else "sweep_val_acc.png")
+    report.parent.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(sweep, indent=1))
-    (out / "sweep.md").write_text(
-        f"# Sweep of {sweep['recipe']}\n\n{table}\n![validation accuracy](sweep_val_acc.png)\n"
-    )
-    plot_val_acc(sweep, out / "sweep_val_acc.png")
-    return table
+    report.write_text(f"# Sweep of {sweep['recipe']}\n\n{table}\n![validation accuracy]({plot.name})\n")
+    plot_val_acc(sweep, plot)
+    return table, [out / "sweep.json", report, plot]
 
 
 def is_sweep_dir(path: Path) -> bool:

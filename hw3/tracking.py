@@ -11,12 +11,14 @@ import platform
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from hw3.checkpoint import write_atomic
 from hw3.config import Config, LogConfig, flatten, to_yaml
+from hw3.distributed import raise_agreed
+from hw3.errors import WriteFailed
+from hw3.storage import write_atomic, writing
 
 
 def git_revision() -> str:
@@ -69,12 +71,15 @@ class Tracker:
         self, cfg: Config, history: list[dict], wandb_id: Optional[str], resumed_from: Optional[Path], command: list
     ) -> None:
         """config.yaml, a command.txt entry, metrics.jsonl rewritten to the checkpoint's history, trackers."""
-        if self.main:
+
+        def records() -> None:
             if not (self.run_dir / "config.yaml").exists():  # the record of what ran: never rewritten
                 write_atomic(self.run_dir / "config.yaml", to_yaml(cfg).encode())
-            with open(self.run_dir / "command.txt", "a") as f:
+            with writing(self.run_dir / "command.txt"), open(self.run_dir / "command.txt", "a") as f:
                 f.write(self.session_header(resumed_from, command))
             write_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+
+        self.main_writes(records)
         if self.log.trackers:
             init = {
                 "wandb": dict(
@@ -100,9 +105,12 @@ class Tracker:
 
     def epoch(self, row: dict, best: bool) -> None:
         """One finished epoch: a metrics.jsonl line, tracker scalars, a console line."""
-        if self.main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+
+        def append() -> None:
+            with writing(self.run_dir / "metrics.jsonl"), open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+
+        self.main_writes(append)
         self.accelerator.log(
             {k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None},
             step=row["epoch"],
@@ -110,12 +118,20 @@ class Tracker:
         self.accelerator.print(console_line(row, best))
 
     def summary(self, summary: dict) -> None:
-        if self.main:
-            write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1).encode())
+        self.main_writes(lambda: write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1).encode()))
 
     def write(self, name: str, text: str) -> None:
+        self.main_writes(lambda: write_atomic(self.run_dir / name, text.encode()))
+
+    def main_writes(self, write: Callable[[], None]) -> None:
+        """`write()` on the main process; a failure (WriteFailed) stops every process here, together."""
+        error = None
         if self.main:
-            (self.run_dir / name).write_text(text)
+            try:
+                write()
+            except WriteFailed as e:
+                error = e
+        raise_agreed(self.accelerator, error)
 
 
 def console_line(row: dict, best: bool) -> str:

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +38,8 @@ OFFLINE = {
     "PYTHONUNBUFFERED": "1",
 }
 os.environ.update(OFFLINE)
+# Decoded-image caches (hw3.data.cache) of this test session go to a scratch folder, not ~/.cache/hw3.
+os.environ.setdefault("HW3_CACHE", tempfile.mkdtemp(prefix="hw3-test-cache-"))
 
 
 @dataclass

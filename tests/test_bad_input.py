@@ -2,6 +2,7 @@
 the key, file or value, no traceback, and leaves an existing run dir exactly as it was."""
 
 import hashlib
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -121,7 +122,7 @@ CASES = {
         [QUICK, "train.epochs=3", "output_dir={run}"],
         "train.epochs: 1 -> 3 for the run in",
     ),
-    "run dir in use": ([QUICK, "train.epochs=1", "output_dir={busy}"], "is in use by another hw3 run (pid "),
+    "run dir in use": ([QUICK, "train.epochs=1", "output_dir={busy}"], "is in use by another hw3 run (pid ", 5),
     "corrupt image": (
         [
             QUICK,
@@ -129,12 +130,43 @@ CASES = {
             "data.root={tmp}/pets",
             "data.image_size=16",
             "train.epochs=1",
+            "train.batch_size=8",
             "data.num_workers=0",
             "output_dir={new}",
         ],
         "cannot read image",
     ),
+    "binary recipe": (["{tmp}/binary.yaml", "output_dir={new}"], "binary.yaml: not a text file (byte 0x"),
+    "binary config.yaml in the run dir": (
+        [QUICK, "train.epochs=1", "output_dir={tmp}/binary_config"],
+        "config.yaml no longer loads (",
+    ),
+    "empty config.yaml in the run dir": (
+        [QUICK, "train.epochs=1", "output_dir={tmp}/empty_config"],
+        "config.yaml is empty: the record of the recipe this run was trained with is lost",
+    ),
+    "lr infinite": ([QUICK, "optim.lr=.inf", "output_dir={new}"], "optim.lr: must be a finite number, got inf"),
+    "weight decay NaN": (
+        [QUICK, "optim.weight_decay=.nan", "output_dir={new}"],
+        "optim.weight_decay: must be a finite",
+    ),
+    "batch larger than the data": (
+        [QUICK, "train.batch_size=100000000", "output_dir={new}"],
+        "train.batch_size: 100000000 is more than the 1294 training images",
+    ),
+    "scheduled batch larger than the data": (
+        [QUICK, "train.batch_size_schedule={{0: 64, 3: 4096}}", "output_dir={new}"],
+        "train.batch_size: 4096 (epoch 3) is more than the 1294 training images",
+    ),
+    "error before a run dir exists": (
+        [QUICK, "data.name=mnist", "data.root=/proc"],
+        "data.name=mnist: files not found",
+    ),
 }
+
+
+# Found only when training reads the image: by then the run dir holds the launch's records (config, command).
+FOUND_WHILE_TRAINING = {"corrupt image"}
 
 
 def digest(folder: Path) -> dict:
@@ -167,15 +199,21 @@ def table(tmp_path_factory):
         (tmp / "no_images" / "train" / label).mkdir(parents=True)
         (tmp / "no_images" / "train" / label / "notes.txt").write_text("no image here")
     write_imagefolder(tmp / "one_class", classes=["cat"])
+    (tmp / "binary.yaml").write_bytes(bytes(range(256)) * 16)
+    for name, config in (("binary_config", bytes(range(128, 256)) * 8), ("empty_config", b"")):
+        shutil.copytree(run, tmp / name)
+        (tmp / name / "config.yaml").write_bytes(config)
     before = digest(run)
     ckpt = next((run / "checkpoints").iterdir())
     busy = RunDirLock(tmp / "busy")  # held by this process for the whole table
 
     def launch(name):
-        args, _ = CASES[name]
-        new = tmp / f"new-{abs(hash(name))}"
+        args = CASES[name][0]
+        new, cwd = tmp / f"new-{abs(hash(name))}", tmp / f"cwd-{abs(hash(name))}"
+        cwd.mkdir()  # runs/ would go here
         filled = [a.format(tmp=tmp, run=run, new=new, ckpt=ckpt, busy=tmp / "busy") for a in args]
-        return name, run_subprocess(["--recipe", *filled], cwd=tmp)
+        result = run_subprocess(["--recipe", *filled], cwd=cwd)
+        return name, (result, new.exists() or any(cwd.iterdir()))
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = dict(pool.map(launch, CASES))
@@ -186,8 +224,10 @@ def table(tmp_path_factory):
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input(name, table):
     results, _, _ = table
-    result, expected = results[name], CASES[name][1]
-    assert result.code == 2, f"{name}: exit {result.code}\n{result.err[-2000:]}"
+    (result, created), expected = results[name], CASES[name][1]
+    code = CASES[name][2] if len(CASES[name]) > 2 else 2  # hw3.errors: 2 a user error, 5 a busy run dir
+    assert result.code == code, f"{name}: exit {result.code}\n{result.err[-2000:]}"
+    assert not created or name in FOUND_WHILE_TRAINING, f"{name}: a run dir or runs/ was left behind"
     assert "Traceback" not in result.err, result.err[-2000:]
     lines = [line for line in result.err.strip().splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and expected in lines[0], result.err[-2000:]

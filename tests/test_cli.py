@@ -1,6 +1,5 @@
 """The command line as users meet it: exit codes and one-line errors, from real subprocesses."""
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -52,7 +51,6 @@ def test_user_error_exits_2_with_one_line(case, error_runs):
 
 
 def test_print_config_prints_the_resolved_recipe_and_touches_nothing(tmp_path):
-    started = time.perf_counter()
     result = run_subprocess(
         ["--recipe", QUICK, "--print-config", "optim.lr=1e-3", f"output_dir={tmp_path / 'run'}"], cwd=tmp_path
     )
@@ -62,7 +60,6 @@ def test_print_config_prints_the_resolved_recipe_and_touches_nothing(tmp_path):
     printed = yaml.safe_load(result.out)
     assert printed["optim"]["lr"] == 0.001 and printed["model"]["name"] == "simple_cnn"
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
-    assert time.perf_counter() - started < 60
 
 
 def test_train_py_is_a_thin_door():

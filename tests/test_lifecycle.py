@@ -87,11 +87,15 @@ def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(uninterrupted, tmp_path
     args = ["--recipe", QUICK, *RICH, f"output_dir={tmp_path / 'run'}"]
     stopped = run_subprocess(args, cwd=ROOT, HW3_CRASH_AT="train_step:60:TERM")
     assert stopped.code == 128 + 15, stopped.err[-3000:]
-    assert "checkpoint saved" in stopped.out and "Traceback" not in stopped.err
+    assert stopped.err.strip().endswith(
+        f"stopped by SIGTERM at epoch 1 batch 19; checkpoint {tmp_path / 'run/checkpoints/epoch0001-batch000019'} "
+        "saved; rerun the same command to continue"
+    )
+    assert "Traceback" not in stopped.err
     newest = list_checkpoints(tmp_path / "run")[-1]
     assert newest.name == "epoch0001-batch000019"  # 41 steps in epoch 0, 19 of epoch 1
     state = json.loads((newest / "trainer_state.json").read_text())
-    assert state["train"]["batch"] == 19 and state["epoch"]["count"] == 19 * 32
+    assert state["train"]["batch"] == 19 and state["processes"][0]["epoch"]["count"] == 19 * 32
     resumed = run_subprocess(args, cwd=ROOT)
     assert resumed.code == 0, resumed.err[-3000:]
     assert_same_run(uninterrupted, tmp_path / "run")
@@ -184,7 +188,7 @@ def test_resume_never_and_overwrite(train, tmp_path):
     )
     assert len(read_metrics(tmp_path / "other")) == 2
     missing = train(*args, f"train.resume={tmp_path / 'nope'}")
-    assert missing.code == 2 and "not a complete hw3 checkpoint" in missing.err
+    assert missing.code == 2 and "is not a checkpoint folder" in missing.err
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(train, tmp_path):

@@ -10,10 +10,12 @@ from helpers import RECIPES, ROOT, accelerate_bin, read_metrics, read_summary, r
 pytestmark = pytest.mark.multiproc
 
 
-def launch_two(args, run_dir, cwd, **env):
-    """`accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train.py ARGS output_dir=RUN_DIR`."""
+def launch_two(args, run_dir, cwd, *launcher_args, **env):
+    """`accelerate launch --config_file accelerate_configs/cpu_ddp.yaml [LAUNCHER_ARGS] train.py ARGS
+    output_dir=RUN_DIR`."""
     config = ROOT / "accelerate_configs" / "cpu_ddp.yaml"
-    cmd = [accelerate_bin(), "launch", "--config_file", config, ROOT / "train.py", *args, f"output_dir={run_dir}"]
+    cmd = [accelerate_bin(), "launch", "--config_file", config, *launcher_args, ROOT / "train.py", *args]
+    cmd.append(f"output_dir={run_dir}")
     return run_command(cmd, cwd=cwd, timeout=400, **env)
 
 
@@ -98,21 +100,93 @@ def test_sam_with_a_dataloader_and_plateau_stays_in_sync_on_two_processes(sam_ru
     assert len(two) == 3 and two[-1]["train_loss"] < two[0]["train_loss"]
 
 
-def test_two_processes_killed_mid_epoch_resume_bit_for_bit(runs, tmp_path):
+def every_value(rows):
+    """Every metrics.jsonl value but the timings."""
+    return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in rows]
+
+
+def same_final_weights(run_dir, reference) -> bool:
     from safetensors.torch import load_file
 
-    from test_lifecycle import deterministic
+    final = "checkpoints/epoch0003-batch000021/model.safetensors"  # 647 images per process at 32: 21 steps
+    mine, theirs = load_file(str(run_dir / final)), load_file(str(reference / final))
+    return all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
+
+def test_two_processes_killed_mid_epoch_resume_with_every_value_equal(runs, tmp_path):
+    """Killed after a mid-epoch checkpoint (step 30 = epoch 1, batch 9): each process resumes its own running
+    sums of the interrupted epoch (train_loss, train_acc, counts), not process 0's."""
     reference = runs[0] / "two"
-    crashed = launch_two(ARGS, tmp_path / "run", tmp_path, HW3_CRASH_AT="train_step:30")  # epoch 1 of 4
-    assert crashed.code != 0
-    resumed = launch_two(ARGS, tmp_path / "run", tmp_path)
+    args = [*ARGS, "train.checkpoint_every_steps=10"]
+    killed = launch_two(args, tmp_path / "run", tmp_path, HW3_CRASH_AT="train_step:35")  # both processes
+    assert killed.code != 0
+    resumed = launch_two(args, tmp_path / "run", tmp_path)
     assert resumed.code == 0, resumed.err[-3000:]
-    assert "resuming from" in resumed.out
-    assert deterministic(read_metrics(tmp_path / "run")) == deterministic(read_metrics(reference))
-    final = "checkpoints/epoch0003-batch000021/model.safetensors"  # 647 images per process at 32
-    mine, theirs = load_file(str(tmp_path / "run" / final)), load_file(str(reference / final))
-    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert "resuming from" in resumed.out and "epoch0001-batch000009" in resumed.out
+    assert every_value(read_metrics(tmp_path / "run")) == every_value(read_metrics(reference))
+    assert same_final_weights(tmp_path / "run", reference)
+
+
+def test_an_elastic_restart_resumes_inside_the_epoch_and_ends_equal(runs, tmp_path):
+    """`--max_restarts 1`, one worker SIGKILLed mid-epoch: the survivor says what happened and exits on its own
+    (torchrun never has to SIGKILL it), the restarted workers resume from the step-30 checkpoint, and the run ends
+    as the uninterrupted one did."""
+    reference = runs[0] / "two"
+    args = [*ARGS, "train.checkpoint_every_steps=10"]
+    once = tmp_path / "fired"
+    result = launch_two(
+        args, tmp_path / "run", tmp_path, "--max_restarts", "1", HW3_CRASH_AT="train_step:35@1", HW3_CRASH_ONCE=once
+    )
+    assert result.code == 0, result.err[-3000:]
+    assert once.exists()
+    errors = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: process 1 (pid ")
+    assert " of 2 is gone during training (" in errors[0] and errors[0].endswith(
+        "; the newest checkpoint is "
+        f"{tmp_path / 'run/checkpoints/epoch0001-batch000009'}; rerun the same command to resume"
+    )
+    assert "forcefully exiting" not in result.err  # the survivor did not hang
+    assert f"resuming from {tmp_path / 'run/checkpoints/epoch0001-batch000009'}" in result.out
+    assert every_value(read_metrics(tmp_path / "run")) == every_value(read_metrics(reference))
+    assert same_final_weights(tmp_path / "run", reference)
+
+
+def test_a_stuck_peer_ends_the_run_at_the_collective_timeout(tmp_path):
+    result = launch_two(
+        [*ARGS, "train.collective_timeout_minutes=0.05"], tmp_path / "run", tmp_path, HW3_CRASH_AT="train_step:5:HANG@1"
+    )
+    assert result.code != 0
+    errors = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.err[-3000:]
+    assert errors[0].startswith("error: a collective between the 2 processes failed during training (")
+    assert errors[0].endswith(
+        "; the newest checkpoint is none yet (the run starts over); rerun the same command to resume"
+    )
+
+
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("optim.lrr=0.1", "unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
+        ("data.name=mnist", "data.name=mnist: files not found (or corrupt) under"),
+    ],
+    ids=["recipe typo", "missing data"],
+)
+def test_a_user_error_is_said_once_by_the_main_process(tmp_path, override, said):
+    result = launch_two([*ARGS, override, f"data.root={tmp_path / 'none'}"], tmp_path / "run", tmp_path)
+    errors = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and said in errors[0], result.err[-3000:]
+    assert "Traceback" not in "".join(line for line in result.err.splitlines() if "hw3" in line)
+    assert result.code == 1  # accelerate's launcher turns any failed process into 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_signal_at_the_last_step_of_an_epoch_is_agreed_there(tmp_path):
+    """Process 0 alone gets SIGTERM at the epoch's last step (21 steps, log.log_every=50): the look at that step
+    is where the processes agree, so both save mid-epoch there, before validation."""
+    result = launch_two(ARGS, tmp_path / "run", tmp_path, HW3_CRASH_AT="train_step:21:TERM@0")
+    said = [line for line in result.err.splitlines() if line.startswith("stopped by")]
+    assert said and said[0].startswith("stopped by SIGTERM at epoch 0 batch 21; checkpoint "), result.err[-3000:]
 
 
 def test_sam_pass_one_is_per_process_and_pass_two_is_synchronized(tmp_path):

@@ -89,5 +89,5 @@ def test_the_readmes_sweep_runs(tmp_path, monkeypatch, capsys):
     readme = (ROOT / "README.md").read_text()
     assert table[0] in readme and len(table) == 5
     rows = [line.split(" | ") for line in table[2:]]
-    assert sorted(row[0].lstrip("| ") for row in rows) == ["name-adamw", "name-sam", "name-sgd"]
+    assert sorted(row[0].lstrip("| ") for row in rows) == ["optim.name-adamw", "optim.name-sam", "optim.name-sgd"]
     assert all(row[2] == "3" for row in rows)

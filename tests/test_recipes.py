@@ -20,4 +20,4 @@ def test_smoke_run_keeps_the_recipes_shape(train, tmp_path):
         "--recipe", RECIPES / "cifar100_resnet50_pretrained.yaml", "smoke=true", f"output_dir={tmp_path / 'run'}"
     )
     assert result.code == 0, result.err
-    assert "100 classes, 224px x3" in result.out and "resnet50.tv2_in1k" in result.out
+    assert "100 classes\ninput: 224px x3 (data.image_size)" in result.out and "resnet50.tv2_in1k" in result.out

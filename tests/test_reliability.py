@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from hw3.checkpoint import list_checkpoints
 from hw3.config import OptimConfig, TrainConfig
 from hw3.loop import NonFinite, look_at_device
+from hw3.storage import write_manifest
 
 from helpers import RECIPES, read_summary, step, tiny_run
 
@@ -41,9 +42,9 @@ def test_a_failed_save_is_reported_and_keeps_the_previous_checkpoint(train, tmp_
 
     monkeypatch.setattr(Accelerator, "save_state", flaky)
     result = train("--recipe", QUICK, "train.epochs=3", f"output_dir={tmp_path / 'run'}")
-    assert result.code == 2
-    assert "checkpoint: saving" in result.err and "No space left on device" in result.err
-    assert "the previous checkpoint is kept" in result.err
+    assert result.code == 4, result.err
+    assert "error: checkpoint: writing " in result.err and "the disk is full: No space left on device" in result.err
+    assert "and best/ are kept; free some space and rerun the same command" in result.err
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0000-batch000021"]
     monkeypatch.setattr(Accelerator, "save_state", real)
     resumed = train("--recipe", QUICK, "train.epochs=3", f"output_dir={tmp_path / 'run'}")
@@ -63,7 +64,11 @@ def test_a_tampered_checkpoint_is_refused_without_running_its_code(train, tmp_pa
     (ckpt / "optimizer.bin").write_bytes(pickle.dumps({"state": Exploit()}))
     if os.path.exists("/tmp/hw3-pwned"):
         os.remove("/tmp/hw3-pwned")
-    result = train("--recipe", QUICK, "train.epochs=2", "train.extend_epochs=true", f"output_dir={tmp_path / 'run'}")
+    args = ["--recipe", QUICK, "train.epochs=2", "train.extend_epochs=true", f"output_dir={tmp_path / 'run'}"]
+    result = train(*args)
+    assert result.code == 2 and "optimizer.bin has " in result.err  # the manifest no longer matches
+    write_manifest(ckpt)  # a forger who also rewrites the manifest still gets no code run
+    result = train(*args)
     assert result.code == 2 and "refusing to unpickle" in result.err
     assert not os.path.exists("/tmp/hw3-pwned")
 

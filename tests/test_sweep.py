@@ -21,7 +21,12 @@ from helpers import RECIPES, ROOT, child_env, read_summary
 QUICK = str(RECIPES / "quickstart.yaml")
 GRID = ["--grid", "optim.name=sgd,adamw", "--grid", "optim.lr=0.003,0.03"]
 COMMON = ["model.name=simple_mlp", "train.epochs=2", "log.trackers=[]"]
-COMBINATIONS = ["name-sgd_lr-0.003", "name-sgd_lr-0.03", "name-adamw_lr-0.003", "name-adamw_lr-0.03"]
+COMBINATIONS = [
+    "optim.name-sgd_optim.lr-0.003",
+    "optim.name-sgd_optim.lr-0.03",
+    "optim.name-adamw_optim.lr-0.003",
+    "optim.name-adamw_optim.lr-0.03",
+]
 
 
 def sweep(out, *extra, parallel=2):
@@ -43,7 +48,7 @@ def test_every_combination_and_seed_is_an_ordinary_run(swept):
     for name in names:
         config = (swept / name / "config.yaml").read_text()
         assert f"seed: {name[-1]}" in config and "name: simple_mlp" in config
-    assert read_summary(swept / "name-adamw_lr-0.03-s1")["optimizer_steps"] == 2 * 21
+    assert read_summary(swept / "optim.name-adamw_optim.lr-0.03-s1")["optimizer_steps"] == 2 * 21
 
 
 def test_the_statistics_are_those_of_the_runs_summaries(swept):
@@ -76,16 +81,19 @@ def test_the_markdown_and_the_plot(swept):
 def test_a_half_finished_sweep_continues_and_skips_what_is_done(swept, tmp_path, capsys):
     out = tmp_path / "optim"
     shutil.copytree(swept, out)
-    shutil.rmtree(out / "name-sgd_lr-0.03-s1")  # never started
-    interrupted = out / "name-adamw_lr-0.003-s0"  # killed after its first epoch
+    shutil.rmtree(out / "optim.name-sgd_optim.lr-0.03-s1")  # never started
+    interrupted = out / "optim.name-adamw_optim.lr-0.003-s0"  # killed after its first epoch
     (interrupted / "summary.json").unlink()
     shutil.rmtree(list_checkpoints(interrupted)[-1])
-    untouched = (out / "name-sgd_lr-0.003-s0" / "summary.json").stat().st_mtime_ns
+    untouched = (out / "optim.name-sgd_optim.lr-0.003-s0" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
     assert sweep(out, *COMMON) == 0
     assert "8 runs: 6 complete, 2 to run, 2 at a time" in capsys.readouterr().out
-    assert (out / "name-sgd_lr-0.003-s0" / "summary.json").stat().st_mtime_ns == untouched
-    for name in ("name-sgd_lr-0.03-s1", "name-adamw_lr-0.003-s0"):  # resumed or redone: the same numbers
+    assert (out / "optim.name-sgd_optim.lr-0.003-s0" / "summary.json").stat().st_mtime_ns == untouched
+    for name in (
+        "optim.name-sgd_optim.lr-0.03-s1",
+        "optim.name-adamw_optim.lr-0.003-s0",
+    ):  # resumed or redone: the same numbers
         again, before = read_summary(out / name), read_summary(swept / name)
         assert (again["test_acc"], again["best_val_acc"]) == (before["test_acc"], before["best_val_acc"])
     numbers = [entries_without_time(d / "sweep.json") for d in (out, swept)]
@@ -132,7 +140,7 @@ def test_commands_for_a_cluster_and_a_report_of_what_finished(tmp_path, capsys):
             "smoke=true",
             "optim.name=sgd",
             "seed=0",
-            f"output_dir={out}/name-sgd-s0",
+            f"output_dir={out}/optim.name-sgd-s0",
         ]
     )
     one = shlex.split(commands[3])  # as a scheduler would run it
@@ -140,10 +148,10 @@ def test_commands_for_a_cluster_and_a_report_of_what_finished(tmp_path, capsys):
     assert done.returncode == 0, done.stderr
     assert report_main([str(out)]) == 0
     entries = {e["combination"]: e for e in json.loads((out / "sweep.json").read_text())["combinations"]}
-    assert (entries["name-sam"]["n"], entries["name-sgd"]["n"]) == (1, 0)
-    assert entries["name-sam"]["runs"] == ["name-sam-s1"] and "| name-sgd | sgd | 0 | - | - | - | - |" in (
-        capsys.readouterr().out
-    )
+    assert (entries["optim.name-sam"]["n"], entries["optim.name-sgd"]["n"]) == (1, 0)
+    assert entries["optim.name-sam"]["runs"] == [
+        "optim.name-sam-s1"
+    ] and "| optim.name-sgd | sgd | 0 | - | - | - | - |" in (capsys.readouterr().out)
 
 
 def test_parallel_runs_get_a_gpu_each_or_a_share_of_the_cpu(monkeypatch):

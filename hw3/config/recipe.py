@@ -7,6 +7,7 @@ its field's declared type, so `1e-3` is the float 0.001 and `no` stays the strin
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -83,7 +84,16 @@ def read_recipe(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"recipe file '{path}' not found" if not p.exists() else f"recipe '{path}' is not a file")
-    raw = parse_yaml(p.read_text(), str(path))
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8); a recipe is "
+            f"YAML text"
+        ) from None
+    except OSError as e:
+        raise UserError(f"recipe '{path}': cannot read it ({e.strerror or e})") from None
+    raw = parse_yaml(text, str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -167,13 +177,18 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and re.fullmatch(r"[-+]?\d+", value.strip()):
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # no recipe value means anything at inf or NaN
+                raise UserError(f"{key}: must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -252,10 +267,11 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, default_flow_style=False)
 
 
-def dotted(cfg: Config) -> dict[str, Any]:
-    """`{'optim.lr': 0.001, 'seed': 0, ...}`: every key of the tree with its value (sections are one level deep)."""
+def dotted(cfg: Union[Config, dict]) -> dict[str, Any]:
+    """`{'optim.lr': 0.001, 'seed': 0, ...}`: every key of the tree with its value (sections are one level deep).
+    Also takes the tree as a plain dict (a run's config.yaml as read by yaml)."""
     out = {}
-    for section, values in dataclasses.asdict(cfg).items():
+    for section, values in (cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)).items():
         items = values.items() if isinstance(values, dict) else [(None, values)]
         out.update({f"{section}.{key}" if key is not None else section: value for key, value in items})
     return out

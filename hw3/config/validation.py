@@ -68,6 +68,9 @@ RULES = {
         )
     },
     "train.max_grad_norm": ((lambda v: v > 0), "must be > 0"),
+    "train.checkpoint_every_steps": at_least(1),
+    "train.checkpoint_every_minutes": ((lambda v: v > 0), "must be > 0"),
+    "train.collective_timeout_minutes": ((lambda v: v > 0), "must be > 0"),
     "train.label_smoothing": between(0, 1),
     "train.mixup": at_least(0),
     "train.cutmix": at_least(0),

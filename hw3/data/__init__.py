@@ -30,12 +30,24 @@ class InputSpec:
     mean: list[float]  # per channel, in [0, 1]
     std: list[float]
     crop_pct: float = 0.875  # evaluation of photos: resize to size / crop_pct, then center crop
+    size_from: str = ""  # what decided `size`, for the console
 
 
 def resolve_input(cfg: DataConfig, src: Source, pretrained: Optional[dict]) -> InputSpec:
-    """Size and normalization: the recipe's values, else the pretrained model's, else the dataset's own."""
+    """Size and normalization: the recipe's values, else the pretrained model's, else the dataset's own. The size
+    rule is the same for images in memory and images read from disk: their own side when they share one."""
     pretrained = pretrained or {}
-    size = cfg.image_size or (pretrained.get("input_size") or (None, None, None))[-1] or src.native_size or 224
+    pretrained_size = (pretrained.get("input_size") or (None, None, None))[-1]
+    size, size_from = next(
+        (value, why)
+        for value, why in (
+            (cfg.image_size, "data.image_size"),
+            (pretrained_size, "the pretrained weights' input size"),
+            (src.native_size, "the images' own size"),
+            (224, "224: the images differ in size"),
+        )
+        if value
+    )
     channels = 3 if pretrained else src.channels
     if cfg.mean is not None or cfg.std is not None:
         mean, std = cfg.mean or [0.5] * channels, cfg.std or [0.25] * channels
@@ -48,7 +60,7 @@ def resolve_input(cfg: DataConfig, src: Source, pretrained: Optional[dict]) -> I
     for key, values in (("data.mean", mean), ("data.std", std)):
         if len(values) not in (1, channels):
             raise UserError(f"{key}: {len(values)} values for a model fed {channels}-channel images")
-    return InputSpec(size, channels, list(mean), list(std), pretrained.get("crop_pct", 0.875))
+    return InputSpec(size, channels, list(mean), list(std), pretrained.get("crop_pct", 0.875), size_from)
 
 
 class Data:
@@ -66,11 +78,11 @@ class Data:
         channels_last: bool = False,
         drop_last: bool = False,
     ):
-        self.src, self.world, self.rank, self.seed = src, world, rank, seed
+        self.src, self.spec, self.world, self.rank, self.seed = src, spec, world, rank, seed
         self.drop_last = drop_last  # train only on full batches (CUDA graphs replay one batch shape)
         self.policy = cfg.augment or src.augment
         self.padding = src.crop_padding if cfg.crop_padding is None else cfg.crop_padding
-        self.on_device = choose_device_path(cfg, src, self.policy, device)
+        self.on_device, self.path_reason = choose_device_path(cfg, src, self.policy, device)
         self.stage = InputStage(spec.size, spec.channels, spec.mean, spec.std, device, channels_last)
         self.loaders = {}
         for name, split in (("train", src.train), ("val", src.val), ("test", src.test)):
@@ -129,8 +141,9 @@ class Data:
             yield self.stage(x), y
 
 
-def choose_device_path(cfg: DataConfig, src: Source, policy: str, device: torch.device) -> bool:
-    """True when batches come from a device-resident copy of the data (`data.loader`: auto picks it when it can)."""
+def choose_device_path(cfg: DataConfig, src: Source, policy: str, device: torch.device) -> tuple[bool, str]:
+    """(True when batches come from a device-resident copy of the data, why). `data.loader`: auto picks the device
+    path when it can."""
     blockers = []
     if not src.in_memory:
         blockers.append(f"{cfg.name} is read from disk image by image")
@@ -145,7 +158,11 @@ def choose_device_path(cfg: DataConfig, src: Source, policy: str, device: torch.
             blockers.append(f"the images take {nbytes / 2**30:.1f} GiB, over {DEVICE_MEMORY_SHARE:.0%} of the GPU")
     if cfg.loader == "device" and blockers:
         raise UserError(f"data.loader=device is not possible: {'; '.join(blockers)}; use data.loader=auto")
-    return cfg.loader != "dataloader" and not blockers
+    if cfg.loader == "dataloader":
+        return False, "data.loader=dataloader"
+    if blockers:
+        return False, blockers[0]
+    return True, f"data.loader={cfg.loader}: the images fit in memory"
 
 
 def default_workers(device: torch.device, world: int) -> int:

@@ -1,9 +1,8 @@
-"""The Hugging Face Hub (or a local copy in any format `datasets` reads), and image folders."""
+"""The Hugging Face Hub, or a local copy in any format `datasets` reads (a dataset folder, parquet files)."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -12,16 +11,13 @@ import torch
 from PIL import Image
 
 from hw3.config import DataConfig
-from hw3.data.sources import DATASETS, Source, Split, open_image
+from hw3.data.small_images import settle
+from hw3.data.sources import DATASETS, Source, Split, image_size, open_image
 from hw3.errors import UserError
 from hw3.hub import go_offline_unless_reachable, offline
 
 # The Hub's names for a held-out split, in order of preference.
 HF_VAL_SPLITS = ("validation", "valid", "val", "dev")
-# Hub/imagefolder sets with images up to this size are decoded into memory (like CIFAR), unless data.loader says no.
-IN_MEMORY_MAX_SIDE = 64
-IN_MEMORY_MAX_IMAGES = 200_000
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}  # what imagefolder reads
 
 
 class HubReader:
@@ -30,10 +26,16 @@ class HubReader:
     def __init__(self, table, column: str, mode: str, where: str):
         self.table, self.column, self.mode, self.where = table, column, mode, where
 
-    def __call__(self, i: int) -> Image.Image:
+    def cell(self, i: int):
         cell = self.table[int(i)][self.column]
         name = cell.get("path") or f"{self.where} row {int(i)}"
-        return open_image(io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"], name, self.mode)
+        return (io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]), name
+
+    def __call__(self, i: int) -> Image.Image:
+        return open_image(*self.cell(i), self.mode)
+
+    def size(self, i: int) -> tuple[int, int]:
+        return image_size(*self.cell(i))
 
 
 @DATASETS.register("hf")
@@ -47,27 +49,6 @@ def hub(cfg: DataConfig) -> Source:
         kwargs = dict(data_files={"train": path})
         path = "parquet"
     return from_hub(load_hub(path, cfg, **kwargs), cfg)
-
-
-@DATASETS.register("imagefolder")
-def imagefolder(cfg: DataConfig) -> Source:
-    """`data.root/train/<class>/*.jpg`, optional `val/` (or validation/) and `test/` with the same classes."""
-    train = Path(cfg.root) / "train"
-    if not train.is_dir():
-        raise UserError(
-            f"data.root: {train} is not a folder; imagefolder wants <root>/train/<class>/<image> (plus optional "
-            f"val/ and test/)"
-        )
-    classes = sorted(
-        d.name for d in train.iterdir() if d.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir())
-    )
-    if len(classes) < 2:
-        found = f"only class '{classes[0]}' has images" if classes else "no class folder holds images"
-        raise UserError(
-            f"data.root: {train}: {found}; a classifier needs <root>/train/<class>/<image> for 2 classes or more "
-            f"({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    return from_hub(load_hub("imagefolder", cfg, data_dir=cfg.root), cfg)
 
 
 def load_hub(path: str, cfg: DataConfig, **kwargs):
@@ -132,9 +113,9 @@ def from_hub(dsd, cfg: DataConfig) -> Source:
         1 if mode == "L" else 3,
         augment="resized_crop_flip",
     )
-    if cfg.loader != "dataloader":
-        decode_small(src)
-    return src
+    tables = {name: table._fingerprint for name, table in tables.items() if table is not None}
+    description = dict(kind="hf", path=str(where), image=image_col, label=label_col, mode=mode, tables=tables)
+    return settle(src, cfg, description)
 
 
 def _is_gray(table, column: str) -> bool:
@@ -142,28 +123,3 @@ def _is_gray(table, column: str) -> bool:
     source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
     with Image.open(source) as img:
         return img.mode in ("L", "1", "I;16")
-
-
-def decode_small(src: Source) -> None:
-    """Decode small same-size images into uint8 tensors (CIFAR-like Hub sets), so they can live on the device."""
-    first = src.train.reader(0)
-    side = max(first.size)
-    total = sum(len(s) for s in (src.train, src.val, src.test) if s is not None)
-    if first.size[0] != first.size[1] or side > IN_MEMORY_MAX_SIDE or total > IN_MEMORY_MAX_IMAGES:
-        return
-    decoded = []
-    for split in (src.train, src.val, src.test):
-        if split is None:
-            decoded.append(None)
-            continue
-        arrays = []
-        for i in range(len(split)):
-            img = split.reader(i)
-            if img.size != first.size:
-                return  # mixed sizes: stay on the per-sample path, which resizes
-            arrays.append(np.asarray(img))
-        stacked = torch.from_numpy(np.stack(arrays))
-        stacked = stacked[:, None] if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
-        decoded.append(replace(split, images=stacked.contiguous(), reader=None))
-    src.train, src.val, src.test = decoded
-    src.augment, src.crop_padding = "crop_flip", side // 8

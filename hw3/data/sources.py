@@ -30,6 +30,15 @@ def open_image(source, name: str, mode: str) -> Image.Image:
         raise UserError(f"cannot read image {name}: {e}") from None
 
 
+def image_size(source, name: str) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding it."""
+    try:
+        with Image.open(source) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"cannot read image {name}: {e}") from None
+
+
 class FileReader:
     """Image i from a list of file paths."""
 
@@ -38,6 +47,9 @@ class FileReader:
 
     def __call__(self, i: int) -> Image.Image:
         return open_image(self.paths[i], self.paths[i], self.mode)
+
+    def size(self, i: int) -> tuple[int, int]:
+        return image_size(self.paths[i], self.paths[i])
 
 
 class TakeReader:
@@ -49,6 +61,9 @@ class TakeReader:
     def __call__(self, i: int) -> Image.Image:
         return self.reader(int(self.indices[i]))
 
+    def size(self, i: int) -> tuple[int, int]:
+        return self.reader.size(int(self.indices[i]))
+
 
 @dataclass
 class Split:
@@ -58,6 +73,12 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def size(self, i: int) -> tuple[int, int]:
+        """(width, height) of image i."""
+        if self.images is not None:
+            return self.images.shape[-1], self.images.shape[-2]
+        return self.reader.size(i)
 
     def take(self, idx: torch.Tensor) -> "Split":
         images = self.images[idx] if self.images is not None else None
@@ -74,6 +95,8 @@ class Source:
     channels: int  # 1 (grayscale) or 3 (RGB)
     augment: str = "none"  # the dataset's default training augmentation
     crop_padding: int = 0  # its default crop padding, px
+    side: Optional[int] = None  # read from disk: the side all its images share (square), if they do
+    note: str = ""  # how the images were prepared (decoded, read from the cache), for the console
 
     @property
     def in_memory(self) -> bool:
@@ -81,8 +104,8 @@ class Source:
 
     @property
     def native_size(self) -> Optional[int]:
-        """Side of in-memory images (px), None for images of mixed sizes read from disk."""
-        return self.train.images.shape[-1] if self.in_memory else None
+        """The images' own side (px) when they all share one square size, else None (mixed sizes)."""
+        return self.train.images.shape[-1] if self.in_memory else self.side
 
 
 def seeded_perm(n: int, seed: int) -> torch.Tensor:
@@ -178,4 +201,4 @@ def smoke_source(cfg: DataConfig) -> Source:
 
 
 # The other builders register themselves when imported.
-from hw3.data import hub_datasets, torchvision_datasets  # noqa: E402, F401
+from hw3.data import hub_datasets, image_folders, torchvision_datasets  # noqa: E402, F401

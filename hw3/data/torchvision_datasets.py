@@ -31,9 +31,19 @@ def torchvision_split(cls, cfg: DataConfig, expected: str, **kwargs):
         if existed is None:
             shutil.rmtree(root, ignore_errors=True)
         raise UserError(
-            f"data.name={cfg.name}: download into {root} failed ({str(e).splitlines()[0]}); with no network, put "
+            f"data.name={cfg.name}: download into {root} failed ({reason_of(e)}); with no network, put "
             f"the files there yourself: {expected}"
         ) from None
+
+
+def reason_of(error: BaseException) -> str:
+    """The whole message on one line (torchvision's "Error downloading x.gz:" puts the cause on the next line),
+    or the underlying error's when torchvision's own is empty."""
+    text = " ".join(str(error).split())
+    cause = error.__cause__ or error.__context__
+    if cause is not None and (not text or text.endswith(":")):
+        text = f"{text} {type(cause).__name__}: {' '.join(str(cause).split())}".strip()
+    return text[:240] or type(error).__name__
 
 
 def _cifar(cls, cfg: DataConfig) -> Source:

@@ -4,7 +4,7 @@ The loop sets every param group's lr before every optimizer step:
 
     lr = initial_lr * schedule.factor(step) * batch-size scaling
 
-`step` counts optimizer steps taken so far, over the whole run, and `epoch_starts[e]` is the step at which
+`step` counts optimizer steps taken so far, over the whole run, and `layout.start(e)` is the step at which
 epoch e starts (steps per epoch change with a batch-size schedule). The formulas are torch's own (StepLR,
 MultiStepLR, LinearLR + CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau; the tests compare traces), but as a
 pure function of progress they cannot be stepped twice by accelerate's per-process scheduler stepping, they
@@ -14,23 +14,60 @@ compose with batch-size scaling, and resuming needs only `step` (plus plateau's 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
-from typing import Callable
+from typing import Callable, Optional, Union
 
 from hw3.config import SchedConfig
 from hw3.monitor import Monitor
 from hw3.registry import Registry
 
 
+class Layout:
+    """The optimizer step at which each epoch starts, without a list per epoch: steps per epoch are constant
+    between the keys of a batch-size schedule, so `segments` [(first epoch, steps per epoch), ...] say it all,
+    and a run of 10^12 epochs costs nothing up front. `max_steps` caps every start (the schedule then ends there).
+    """
+
+    def __init__(self, segments: list[tuple[int, int]], epochs: int, max_steps: Optional[int] = None):
+        self.segments, self.epochs, self.max_steps = sorted(segments), epochs, max_steps
+        self.total = self.start(epochs)
+
+    @classmethod
+    def from_starts(cls, starts: list[int]) -> "Layout":
+        """From an explicit list of epoch starts plus the total (one segment per epoch)."""
+        return cls([(e, b - a) for e, (a, b) in enumerate(itertools.pairwise(starts))], len(starts) - 1)
+
+    def start(self, epoch: int) -> int:
+        step = 0
+        for i, (first, steps) in enumerate(self.segments):
+            end = self.segments[i + 1][0] if i + 1 < len(self.segments) else None
+            if epoch <= first:
+                break
+            step += (min(epoch, end) - first if end is not None else epoch - first) * steps
+        return min(step, self.max_steps) if self.max_steps is not None else step
+
+    def epoch_of(self, step: int) -> int:
+        """The last epoch in [0, epochs] that starts at or before `step` (binary search over start())."""
+        low, high = 0, self.epochs
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.start(mid) <= step:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+
 class Schedule:
     """Constant lr (sched.name=none); the base of the others."""
 
-    def __init__(self, cfg: SchedConfig, lr: float, epoch_starts: list[int]):
-        self.cfg, self.lr, self.epoch_starts = cfg, lr, epoch_starts
-        self.total = epoch_starts[-1]
+    def __init__(self, cfg: SchedConfig, lr: float, layout: Layout):
+        self.cfg, self.lr, self.layout = cfg, lr, layout
+        self.total = layout.total
 
     def epoch_of(self, step: int) -> int:
-        return bisect.bisect_right(self.epoch_starts, step) - 1
+        return self.layout.epoch_of(step)
 
     def factor(self, step: int) -> float:
         return 1.0
@@ -45,7 +82,7 @@ class Schedule:
         pass
 
 
-SCHEDULES: Registry[Callable[[SchedConfig, float, list[int]], Schedule]] = Registry("schedule")
+SCHEDULES: Registry[Callable[[SchedConfig, float, Layout], Schedule]] = Registry("schedule")
 SCHEDULES.register("none")(Schedule)
 
 
@@ -65,12 +102,12 @@ class MultiStepSchedule(Schedule):
 class CosineSchedule(Schedule):
     """Linear warm-up over `warmup_epochs`, then a half cosine from lr down to min_lr at the last step."""
 
-    def __init__(self, cfg: SchedConfig, lr: float, epoch_starts: list[int]):
-        super().__init__(cfg, lr, epoch_starts)
-        whole = min(int(cfg.warmup_epochs), len(epoch_starts) - 1)
+    def __init__(self, cfg: SchedConfig, lr: float, layout: Layout):
+        super().__init__(cfg, lr, layout)
+        whole = min(int(cfg.warmup_epochs), layout.epochs)
         frac = cfg.warmup_epochs - whole
-        nxt = epoch_starts[min(whole + 1, len(epoch_starts) - 1)]
-        self.warmup = min(self.total, epoch_starts[whole] + int(frac * (nxt - epoch_starts[whole])))
+        start, nxt = layout.start(whole), layout.start(min(whole + 1, layout.epochs))
+        self.warmup = min(self.total, start + int(frac * (nxt - start)))
 
     def factor(self, step: int) -> float:
         if step < self.warmup:
@@ -99,8 +136,8 @@ class OneCycleSchedule(Schedule):
 class PlateauSchedule(Schedule):
     """torch's ReduceLROnPlateau (relative threshold, no cooldown) on the reduced validation metric."""
 
-    def __init__(self, cfg: SchedConfig, lr: float, epoch_starts: list[int]):
-        super().__init__(cfg, lr, epoch_starts)
+    def __init__(self, cfg: SchedConfig, lr: float, layout: Layout):
+        super().__init__(cfg, lr, layout)
         self.monitor = Monitor(cfg.monitor)
         self.current, self.best, self.bad_epochs = 1.0, None, 0
 
@@ -125,8 +162,10 @@ class PlateauSchedule(Schedule):
         self.current, self.best, self.bad_epochs = state["current"], state["best"], state["bad_epochs"]
 
 
-def build_schedule(cfg: SchedConfig, lr: float, epoch_starts: list[int]) -> Schedule:
-    return SCHEDULES.get(cfg.name, "sched.name")(cfg, lr, epoch_starts)
+def build_schedule(cfg: SchedConfig, lr: float, layout: Union[Layout, list[int]]) -> Schedule:
+    """The schedule `sched.name` names, laid out over `layout` (or an explicit list of epoch starts)."""
+    layout = Layout.from_starts(layout) if isinstance(layout, list) else layout
+    return SCHEDULES.get(cfg.name, "sched.name")(cfg, lr, layout)
 
 
 def batch_scale(mode: str, batch_size: int, base_batch_size: int) -> float:

@@ -36,7 +36,7 @@ def test_mnist_from_idx_files(train, tmp_path):
         "data.max_train_samples=512",
         "model.name=simple_mlp",
     )
-    assert "512 train / 32 val / 32 test images, 10 classes, 28px x1" in result.out
+    assert "512 train / 32 val / 32 test images, 10 classes\ninput: 28px x1 (the images' own size)" in result.out
 
 
 @pytest.mark.parametrize("classes", [10, 100])
@@ -51,7 +51,7 @@ def test_cifar_from_python_pickles(train, tmp_path, monkeypatch, classes):
         "model.name=test_resnet",
         "train.batch_size=16",
     )
-    assert f"{classes} classes, 32px x3" in result.out
+    assert f"{classes} classes\ninput: 32px x3 (the images' own size), device-resident" in result.out
     assert json.loads((run_dir / "best" / "model.json").read_text())["num_classes"] == classes
 
 
@@ -75,7 +75,9 @@ def test_oxford_pet_folder_layout(train, tmp_path):
         "train.batch_size=8",
         "data.num_workers=0",
     )
-    assert "16 train / 2 val / 18 test images, 3 classes, 32px x3, DataLoader input" in result.out
+    assert (
+        "16 train / 2 val / 18 test images, 3 classes\ninput: 32px x3 (data.image_size), DataLoader input" in result.out
+    )
     assert json.loads((run_dir / "best" / "model.json").read_text())["classes"] == [
         "Abyssinian",
         "Basset Hound",
@@ -97,13 +99,16 @@ def test_hub_parquet_with_cifar100_columns_needs_the_label_column(train, tmp_pat
         "model.name=test_resnet",
         "train.batch_size=8",
     )
-    assert "100 classes, 32px x3, device-resident input" in result.out
+    assert (
+        "100 classes; 60 images decoded, cached\ninput: 32px x3 (the images' own size), device-resident input"
+        in result.out
+    )
 
 
 def test_hub_parquet_with_mnist_columns(train, tmp_path):
     write_hub_parquet(tmp_path / "mnist", "mnist")
-    result, _ = smoke(train, tmp_path, "data.name=hf", f"data.path={tmp_path / 'mnist'}")
-    assert "10 classes, 28px x1" in result.out
+    result, _ = smoke(train, tmp_path, "data.name=hf", f"data.path={tmp_path / 'mnist'}", "train.batch_size=16")
+    assert "10 classes; 60 images decoded, cached\ninput: 28px x1" in result.out
 
 
 def test_hub_wrong_column_lists_the_real_ones(train, tmp_path):
@@ -121,8 +126,11 @@ def test_hub_wrong_column_lists_the_real_ones(train, tmp_path):
 
 def test_imagefolder_tree_with_its_own_val_split(train, tmp_path):
     write_imagefolder(tmp_path / "tree")
-    result, _ = smoke(train, tmp_path, "data.name=imagefolder", f"data.root={tmp_path / 'tree'}")
-    assert "12 train / 12 val / 12 test images, 2 classes, 24px x3" in result.out
+    result, _ = smoke(train, tmp_path, "data.name=imagefolder", f"data.root={tmp_path / 'tree'}", "train.batch_size=4")
+    assert (
+        "12 train / 12 val / 12 test images, 2 classes; 36 images decoded, cached\n"
+        "input: 24px x3 (the images' own size)" in result.out
+    )
 
 
 def test_synthetic_is_sized_by_the_recipe(train, tmp_path):
@@ -135,7 +143,7 @@ def test_synthetic_is_sized_by_the_recipe(train, tmp_path):
         "data.num_classes=5",
         "data.channels=1",
     )
-    assert "100 train / 32 val / 32 test images, 5 classes, 16px x1" in result.out
+    assert "100 train / 32 val / 32 test images, 5 classes\ninput: 16px x1 (data.image_size)" in result.out
 
 
 def test_val_split_is_seeded_disjoint_and_capped():
@@ -199,6 +207,7 @@ def test_corrupt_jpeg_is_named(train, tmp_path, workers):
         "data.image_size=32",
         "model.name=test_resnet",
         "train.epochs=1",
+        "train.batch_size=8",
         f"data.num_workers={workers}",
         f"output_dir={tmp_path / 'run'}",
     )
