@@ -69,7 +69,7 @@ class CompileGuard:
 
     def fall_back(self, run, error: Exception) -> None:
         """Eager from now on: the prepared model without torch.compile's wrapper (DDP, if any, stays)."""
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        reason = " ".join(str(error).split()).split(" Set TORCHDYNAMO_VERBOSE")[0][:200] or type(error).__name__
         self.say(
             f"warning: torch.compile failed at the first step ({type(error).__name__}: {reason}); training goes on "
             f"eagerly from that same step (train.compile=false skips compiling)",
