@@ -62,5 +62,23 @@ def test_print_config_prints_the_resolved_recipe_and_touches_nothing(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
+def test_print_config_shows_what_hw3_decides_and_why(tmp_path, capsys):
+    from hw3.cli import main
+    from hw3.config import load_config
+
+    assert main(["--recipe", str(RECIPES / "cifar100_sam.yaml"), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0].strip(): line.strip() for line in out.splitlines() if "# hw3: " in line}
+    assert lines["output_dir"] == "output_dir: runs/cifar100_sam  # hw3: runs/<the recipe's file name>"
+    assert lines["image_size"] == "image_size: 32  # hw3: the native size of cifar100"
+    assert lines["small_input"].startswith("small_input: true  # hw3: on for a from-scratch resnet/resnest at <= 64")
+    assert lines["channels_last"].startswith("channels_last: true  # hw3: on for the resnet and resnest families")
+    (tmp_path / "printed.yaml").write_text(out)  # it reads back as a recipe: the same run, decided up front
+    again = load_config(str(tmp_path / "printed.yaml"))
+    assert (again.model.small_input, again.train.channels_last, again.output_dir) == (True, True, "runs/cifar100_sam")
+    assert main(["--recipe", str(QUICK), "data.name=imagefolder", "--print-config"]) == 0
+    assert "image_size: null  # hw3: the data's own size, read at start-up" in capsys.readouterr().out
+
+
 def test_train_py_is_a_thin_door():
     assert len((ROOT / "train.py").read_text().splitlines()) <= 40

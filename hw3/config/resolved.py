@@ -12,8 +12,6 @@ import yaml
 
 from hw3.config.schema import Config
 
-SMALL_INPUT_MAX_SIZE = 64  # hw3.models' rule (kept in sync by tests/test_cli.py)
-
 
 def image_size(cfg: Config) -> tuple[Optional[int], str]:
     """(the input size, why) without loading the data: the recipe's, the pretrained weights', a known dataset's."""
@@ -29,7 +27,7 @@ def image_size(cfg: Config) -> tuple[Optional[int], str]:
         return 32, "synthetic data's default"
     side = SHAPES.get(cfg.data.name, (None, None, None))[1]
     if side is not None:
-        return side, f"{cfg.data.name}'s native size"
+        return side, f"the native size of {cfg.data.name}"
     if cfg.smoke:
         return 32, "the size of smoke mode's synthetic stand-in"
     return None, "the data's own size, read at start-up (native when every image has it, else 224)"
@@ -38,7 +36,7 @@ def image_size(cfg: Config) -> tuple[Optional[int], str]:
 def resolved(cfg: Config, recipe: Optional[str]) -> tuple[Config, dict[str, str]]:
     """(the config with hw3's decisions filled in, {dotted key: what decided it})."""
     from hw3.build import use_channels_last
-    from hw3.models import check_model_name, stem_adaptable
+    from hw3.models import SMALL_INPUT_MAX_SIZE, check_model_name, stem_adaptable
 
     check_model_name(cfg.model.name)
     why: dict[str, str] = {}
