@@ -23,6 +23,7 @@ from hw3.errors import RunDirBusy, UserError
 from hw3.storage import verify
 
 LOCK_FILE = ".lock"
+INHERITED_LOCK = "HW3_LOCK_FD"  # a descriptor of <run dir>/.lock, already locked, handed down by hw3.sweep
 # Keys a resumed launch may change: where things are read from or written to, logging, limits of one launch.
 MAY_CHANGE = (
     "log.",
@@ -55,6 +56,11 @@ class RunDirLock:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+        self.fd = inherited(run_dir)
+        if self.fd is not None:  # the sweep that started this launch holds the lock for it
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+            return
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -85,6 +91,18 @@ class RunDirLock:
                 except OSError:
                     break
         os.close(self.fd)  # the kernel drops the lock with the last descriptor
+
+
+def inherited(run_dir: Path) -> Optional[int]:
+    """The locked descriptor hw3.sweep handed this launch, if it is one of this run dir's lock file."""
+    fd = os.environ.pop(INHERITED_LOCK, None)
+    if fd is None or not fd.isdigit() or not (run_dir / LOCK_FILE).is_file():
+        return None
+    try:
+        mine, theirs = os.fstat(int(fd)), os.stat(run_dir / LOCK_FILE)
+    except OSError:
+        return None
+    return int(fd) if (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino) else None
 
 
 def lock_is_free(run_dir: Path) -> bool:

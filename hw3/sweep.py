@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 
 from hw3.cli import Parser, one_line
 from hw3.errors import RunDirBusy, UserError
+from hw3.rundir import INHERITED_LOCK, RunDirLock
 
 PLAN_FILE = "sweep_plan.json"
 SET_BY_THE_SWEEP = ("seed", "output_dir")
@@ -121,39 +122,43 @@ def command(recipe: str, run: PlannedRun) -> list[str]:
     return [sys.executable, "-m", "hw3.cli", "--recipe", recipe, *run.overrides]
 
 
-def completed(recipe: str, run: PlannedRun) -> bool:
-    """Would this run say "complete"? (The same decision as `train.py` makes; a changed recipe raises.)"""
+def completed(recipe: str, run: PlannedRun, held: bool = False) -> bool:
+    """Would this run say "complete"? (The same decision as `train.py` makes; a changed recipe raises.) A run that
+    another launch holds is not complete yet; `held`: this sweep holds its lock itself."""
     from hw3.config import load_config
     from hw3.rundir import decide_start, lock_is_free
 
     cfg = load_config(recipe, run.overrides)
     run_dir = Path(cfg.output_dir)
-    if not run_dir.is_dir() or not lock_is_free(run_dir):  # a run another launch holds is not complete yet
+    if not run_dir.is_dir() or not (held or lock_is_free(run_dir)):
         return False
     return decide_start(cfg, run_dir).done is not None
 
 
 class Claims:
-    """The runs still to do, handed out one at a time to this sweep's slots. A run whose run-dir lock another launch
-    holds (another sweep on the same DIR, a cluster job) is running elsewhere: it is neither launched nor counted
-    as failed; when only such runs are left, the slots wait for them (and run any that stops unfinished)."""
+    """The runs still to do, handed out one at a time to this sweep's slots. A slot claims a run by taking its
+    run-dir lock (the lock every launch takes) and hands the locked descriptor to the run it starts, so two sweeps
+    on one DIR never train one run twice. A run whose lock another launch holds (another sweep, a cluster job)
+    is running elsewhere: neither launched nor failed; when only such runs are left, the slots wait for them and
+    take over any that stops unfinished."""
 
     def __init__(self, recipe: str, runs: list[PlannedRun], out: Path):
         self.recipe, self.pending, self.out, self.lock = recipe, list(runs), out, threading.Lock()
         self.failed: list[str] = []
         self.waiting_said = False
 
-    def next(self) -> Optional[PlannedRun]:
-        from hw3.rundir import lock_is_free
-
+    def next(self) -> Optional[tuple[PlannedRun, RunDirLock]]:
         while True:
             with self.lock:
                 for run in list(self.pending):
-                    if not lock_is_free(self.out / run.name):
+                    try:
+                        held = RunDirLock(self.out / run.name)
+                    except RunDirBusy:
                         continue  # running elsewhere
                     self.pending.remove(run)
-                    if not completed(self.recipe, run):
-                        return run
+                    if not completed(self.recipe, run, held=True):
+                        return run, held
+                    held.release()
                 if not self.pending:
                     return None
                 if not self.waiting_said:
@@ -163,10 +168,8 @@ class Claims:
             time.sleep(POLL_S)
 
     def finished(self, run: PlannedRun, code: int) -> None:
-        with self.lock:
-            if code == RunDirBusy.exit_code:  # another launch took it first: theirs now, wait for it
-                self.pending.append(run)
-            elif code != 0:
+        if code != 0:
+            with self.lock:
                 self.failed.append(run.name)
 
 
@@ -178,9 +181,13 @@ def run_all(recipe: str, runs: list[PlannedRun], out: Path, parallel: int) -> in
     claims = Claims(recipe, todo, out)
 
     def slot(env: dict) -> None:
-        while (run := claims.next()) is not None:
+        while (claimed := claims.next()) is not None:
+            run, held = claimed
             started = time.perf_counter()
-            code = launch(recipe, run, out, env)
+            try:
+                code = launch(recipe, run, out, env, held)
+            finally:
+                held.release()
             claims.finished(run, code)
             print(f"{run.name}: {outcome(out, run, code)} ({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -189,19 +196,19 @@ def run_all(recipe: str, runs: list[PlannedRun], out: Path, parallel: int) -> in
     return len(claims.failed)
 
 
-def launch(recipe: str, run: PlannedRun, out: Path, env: dict) -> int:
-    """One run as `python -m hw3.cli`, its output appended to DIR/logs/<run>.log under a header for this launch."""
+def launch(recipe: str, run: PlannedRun, out: Path, env: dict, held: RunDirLock) -> int:
+    """One run as `python -m hw3.cli`, handed the run-dir lock this sweep holds for it, its output appended to
+    DIR/logs/<run>.log under a header for this launch."""
     cmd = command(recipe, run)
     with open(out / "logs" / f"{run.name}.log", "a") as log:
         log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} sweep pid {os.getpid()}: ")
         log.write(shlex.join(cmd) + "\n")
         log.flush()
-        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        env = {**env, INHERITED_LOCK: str(held.fd)}
+        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=[held.fd]).returncode
 
 
 def outcome(out: Path, run: PlannedRun, code: int) -> str:
-    if code == RunDirBusy.exit_code:
-        return "running in another launch (its lock was taken first); waiting for it"
     if code != 0:
         text = (out / "logs" / f"{run.name}.log").read_text(errors="replace")
         lines = [line for line in text.split("\n# ")[-1].splitlines()[1:] if line.strip()]  # this launch's part

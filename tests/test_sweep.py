@@ -7,6 +7,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -170,3 +171,32 @@ def test_parallel_runs_get_a_gpu_each_or_a_share_of_the_cpu(monkeypatch):
     assert [env["CUDA_VISIBLE_DEVICES"] for env in slot_environments(2)] == ["4", "6"]
     with pytest.raises(UserError, match="--parallel 3: one run per GPU, and this machine has 2"):
         slot_environments(3)
+
+
+def test_two_sweeps_on_one_dir_share_the_work_and_a_third_finds_it_done(tmp_path, capsys):
+    """Two real sweeps started 0.3 s apart on one --out: every run is trained once (the run-dir lock claims it),
+    none is reported failed, both print the whole table, and the logs are appended, never truncated."""
+    out = tmp_path / "shared"
+    args = ["--recipe", QUICK, "--grid", "optim.name=sgd,adamw", "--seeds", "2", "--out", str(out), "--parallel", "1"]
+    args += ["optim.lr=0.01", "train.epochs=2", "model.name=simple_mlp", "log.trackers=[]"]
+    cmd = [sys.executable, "-m", "hw3.sweep", *args]
+    first = subprocess.Popen(
+        cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    time.sleep(0.3)
+    second = subprocess.Popen(
+        cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    for output in outputs:
+        assert "failed" not in output
+        assert output.count("| 2 |") == 2  # both combinations with both seeds, in each sweep's table
+    runs = sorted(p for p in out.iterdir() if (p / "summary.json").is_file())
+    assert len(runs) == 4
+    for run_dir in runs:
+        assert (run_dir / "command.txt").read_text().count("argv: ") == 1  # trained once, by one of the sweeps
+        log = (out / "logs" / f"{run_dir.name}.log").read_bytes()
+        assert b"\0" not in log and log.count(b" sweep pid ") == 1  # launched once: no refused launch either
+    assert sweep_main(args) == 0
+    assert "4 runs: 4 complete, 0 to run, 1 at a time" in capsys.readouterr().out
