@@ -201,3 +201,32 @@ def test_gradient_accumulation_equals_the_full_batch(train, tmp_path):
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
     start = load_file(str(checkpoint_after_epoch(tmp_path / "full", 0) / "model.safetensors"))
     assert not all(torch.allclose(a[k], start[k], rtol=1e-4, atol=1e-6) for k in a)  # it did train
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The epoch's last step is a boundary too: an epoch of 21 steps is not a multiple of log.log_every=50, yet what
+# the host checks at its looks happens there.
+
+
+def test_the_non_finite_guard_looks_at_the_last_step_of_the_epoch(train, tmp_path):
+    # lr 1e38: the first step is finite and throws the weights out of float32's range; every later one is not
+    args = ["optim.name=sgd", "optim.lr=1e38", "train.max_bad_steps=3", "log.log_every=50"]
+    result = train(*BASE, *args, f"output_dir={tmp_path}")
+    assert result.code == 1
+    assert result.err.strip() == (
+        "error: 20 consecutive non-finite steps (loss or gradient) by epoch 0, step 21 (train.max_bad_steps=3); "
+        "last good checkpoint: none"
+    )
+
+
+def test_the_gradient_norm_is_sampled_at_the_last_step_of_an_epoch_and_of_max_steps(train, tmp_path):
+    norms = {}
+    for log_every in (50, 21):  # 50: only the epochs' last steps look; 21: exactly those steps too
+        assert (
+            train(*BASE, "train.epochs=2", f"log.log_every={log_every}", f"output_dir={tmp_path / str(log_every)}").code
+            == 0
+        )
+        norms[log_every] = [row["grad_norm"] for row in read_metrics(tmp_path / str(log_every))]
+    assert norms[50] == norms[21] and all(norm > 0 for norm in norms[50])
+    assert train(*BASE, "train.max_steps=5", "log.log_every=50", f"output_dir={tmp_path / 'short'}").code == 0
+    assert read_metrics(tmp_path / "short")[0]["grad_norm"] > 0  # the 5th step, where train.max_steps ends it

@@ -107,3 +107,33 @@ def test_the_confusion_plot_names_the_split_and_the_weights(finished, monkeypatc
     assert evaluate_main([str(finished / "adamw"), "--checkpoint", "last"]) == 0
     accuracy = json.loads((finished / "adamw" / "eval" / "test-last" / "metrics.json").read_text())["acc"]
     assert titles == [f"test split, last weights: top-1 {accuracy:.2%}"]
+
+
+def test_the_strategy_shows_whatever_else_differs_and_smoke_runs_say_so(finished, tmp_path):
+    import shutil
+
+    import yaml
+
+    for name, change in (("small", None), ("scheduled", {0: 16, 2: 64}), ("smoke", "smoke")):
+        shutil.copytree(finished / "adamw", tmp_path / name)
+        config = yaml.safe_load((tmp_path / name / "config.yaml").read_text())
+        if change == "smoke":
+            config["smoke"], config["model"]["pretrained"] = True, True
+        else:
+            config["train"]["batch_size_schedule"] = change
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "r.md"
+    assert report_main([str(tmp_path / n) for n in ("small", "scheduled", "smoke")] + ["--out", str(out)]) == 0
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.read_text().splitlines()[4:7]}
+    assert rows["small"][1] == "adamw, lr 0.003, cosine, train.batch_size_schedule=None"
+    assert rows["scheduled"][1] == "adamw, lr 0.003, cosine, train.batch_size_schedule={0: 16, 2: 64}"
+    smoke = rows["smoke (smoke: synthetic data, random weights)"]
+    assert smoke[3] == "no"  # smoke mode never loads pretrained weights
+
+
+def test_a_checkpoint_that_does_not_exist_is_named_as_such(finished, capsys):
+    assert evaluate_main([str(finished / "adamw"), "--checkpoint", "bogus"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --checkpoint bogus: no such file or folder (give best, last, a checkpoint folder or a "
+        "model.safetensors)"
+    )

@@ -147,6 +147,9 @@ def test_commands_for_a_cluster_and_a_report_of_what_finished(tmp_path, capsys):
     one = shlex.split(commands[3])  # as a scheduler would run it
     done = subprocess.run([sys.executable, *one[1:]], cwd=ROOT, env=child_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert report_main([str(out), "--out", str(out.parent / "reports" / "smoke.md")]) == 0
+    assert (out.parent / "reports" / "smoke_val_acc.png").is_file()  # --out is where the table and plot go
+    assert "optim.name-sam" in (out.parent / "reports" / "smoke.md").read_text()
     assert report_main([str(out)]) == 0
     entries = {e["combination"]: e for e in json.loads((out / "sweep.json").read_text())["combinations"]}
     assert (entries["optim.name-sam"]["n"], entries["optim.name-sgd"]["n"]) == (1, 0)
