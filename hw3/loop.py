@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Iterator
 
+import psutil
 import torch
 
 from hw3.build import Run, batch_size_for, eval_batch_size
@@ -82,6 +83,8 @@ def train_one_epoch(run: Run, epoch: int, batch_size: int) -> dict:
         else:
             train_step(run, micro, measure_norm=look)
         state.batch = last
+        if state.launches and "startup_s" not in state.launches[-1]:  # this launch's first step: its start-up
+            state.launches[-1]["startup_s"] = round(time.time() - psutil.Process().create_time(), 2)
         crash_point("train_step")
         if bar is not None:
             bar.update(last - first)

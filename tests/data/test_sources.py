@@ -235,6 +235,7 @@ def test_a_small_cnn_learns_mnist_5k(tmp_path):
             f"output_dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
+        timeout=1800,  # a safety net only: about 45 s on one thread of an idle core
     )
     assert result.code == 0, result.err[-2000:]
     assert read_summary(tmp_path / "run")["test_acc"] >= 0.97
