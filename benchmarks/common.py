@@ -17,7 +17,15 @@ def hw3_run(overrides: list[str], run_dir: Path | None = None):
     """A Run exactly as `train.py` builds it (synthetic data, no trackers), in a throwaway run dir."""
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="hw3-bench-"))
     cfg = load_config(
-        None, ["data.name=synthetic", "log.trackers=[]", "sched.name=none", f"output_dir={run_dir}", *overrides]
+        None,
+        [
+            "data.name=synthetic",
+            "log.trackers=[]",
+            "sched.name=none",
+            "train.checkpoint_every_minutes=null",  # no timed checkpoint inside a measured epoch
+            f"output_dir={run_dir}",
+            *overrides,
+        ],
     )
     accelerator = make_accelerator(cfg, run_dir)
     torch.manual_seed(cfg.seed)

@@ -1,9 +1,13 @@
-"""The bad-input table: each mistake through the real CLI (a fresh process) exits 2 with a short message naming
-the key, file or value, no traceback, and leaves an existing run dir exactly as it was."""
+"""The bad-input table: each mistake through the real CLI (train.py's main(), in this process: a process start per
+case would cost 50 interpreter starts) exits 2 with a short message naming the key, file or value, no traceback,
+creates nothing, and leaves an existing run dir exactly as it was."""
 
+import contextlib
 import hashlib
+import io
+import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+import traceback
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from safetensors.torch import save_file
 from hw3.rundir import LOCK_FILE, RunDirLock
 
 from formats import write_hub_parquet, write_imagefolder, write_pets
-from helpers import RECIPES, ROOT, run_subprocess
+from helpers import RECIPES, ROOT, Result, run_subprocess
 
 QUICK = str(RECIPES / "quickstart.yaml")
 
@@ -212,13 +216,31 @@ def table(tmp_path_factory):
         new, cwd = tmp / f"new-{abs(hash(name))}", tmp / f"cwd-{abs(hash(name))}"
         cwd.mkdir()  # runs/ would go here
         filled = [a.format(tmp=tmp, run=run, new=new, ckpt=ckpt, busy=tmp / "busy") for a in args]
-        result = run_subprocess(["--recipe", *filled], cwd=cwd)
+        result = in_process(["--recipe", *filled], cwd)
         return name, (result, new.exists() or any(cwd.iterdir()))
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = dict(pool.map(launch, CASES))
+    results = dict(map(launch, CASES))
     busy.release()
     return results, before, digest(run)
+
+
+def in_process(args: list[str], cwd: Path) -> Result:
+    """train.py's main() in this process (what a fresh process runs, minus its start-up), in `cwd`; an exception
+    that escapes main() is recorded as the traceback a user would have seen."""
+    from hw3.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except Exception:
+                err.write(traceback.format_exc())
+                code = None
+    finally:
+        os.chdir(here)
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.parametrize("name", CASES)

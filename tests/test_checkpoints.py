@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from hw3.checkpoint import list_checkpoints
 from hw3.storage import verify
 
-from helpers import RECIPES, ROOT, Killed, child_env, kill_at, read_metrics, read_summary
+from helpers import RECIPES, ROOT, Killed, child_env, kill_at, read_metrics, read_summary, run_subprocess
 from test_lifecycle import deterministic
 
 QUICK = RECIPES / "quickstart.yaml"
@@ -246,10 +246,10 @@ DISK_ARGS = ["--recipe", QUICK, "train.epochs=3", "log.trackers=[]", "train.chec
 
 @pytest.fixture(scope="module")
 def on_disk(tmp_path_factory):
-    from hw3.cli import main
-
+    """The uninterrupted run, in a child process like the runs it is compared with (same threads, same sums)."""
     run_dir = tmp_path_factory.mktemp("disk") / "reference"
-    assert main([str(a) for a in [*DISK_ARGS, f"output_dir={run_dir}"]]) == 0
+    result = run_subprocess([*DISK_ARGS, f"output_dir={run_dir}"], cwd=ROOT)
+    assert result.code == 0, result.err
     return run_dir
 
 

@@ -61,10 +61,10 @@ def test_a_backward_that_fails_to_compile_after_the_forward_ran_changes_nothing(
     import torch._inductor.config
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # compile for real, not from a cache
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
     monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx_backward", planted)
-    result = train(*ARGS, "train.compile=default", f"output_dir={tmp_path / 'run'}")
+    # compile for real, not from a cache (torch's own config patching: it restores the values after)
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        result = train(*ARGS, "train.compile=default", f"output_dir={tmp_path / 'run'}")
     assert result.code == 0, result.err
     assert "warning: torch.compile failed at the first step (RuntimeError: planted compiler failure)" in result.err
     assert_same_as(tmp_path / "run", eager)
