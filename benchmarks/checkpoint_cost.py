@@ -74,7 +74,7 @@ def main() -> None:
             for i in range(args.repeats):
                 own, shared = run.own(), run.components()
                 saves.append(
-                    timed(partial(save_checkpoint, run.accelerator, run.run_dir, (0, i + 1), shared, own, None, 99))
+                    timed(partial(save_checkpoint, run.accelerator, run.run_dir, (0, i + 1), shared, own, {}, 99))
                 )
                 folder = run.run_dir / "checkpoints" / f"epoch0000-batch{i + 1:06d}"
                 files = [f for f in folder.iterdir() if f.name != "manifest.json"]

@@ -81,6 +81,13 @@ class Run:
         """State each process accumulates alone, saved per process: the epoch's running sums and bad-step counts."""
         return dict(epoch=self.sums, bad_steps=self.bad_steps)
 
+    def tensors(self) -> dict[str, Any]:
+        """Components whose state is tensors, saved as <key>.safetensors: the EMA's weights, LookSAM's vector."""
+        return {
+            **({"ema": self.ema.module} if self.ema is not None else {}),
+            **({"sam": self.sam} if self.sam is not None and self.sam.variant == "looksam" else {}),
+        }
+
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
     train_cfg, mode = cfg.train, compile_mode(cfg.train)
@@ -149,7 +156,7 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path) -> Run:
         tracker=Tracker(accelerator, run_dir, cfg.log),
         card=card,
         loss_fn=make_loss(cfg.train),
-        sam=SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
+        sam=SAM(cfg.optim) if cfg.optim.name == "sam" else None,
         ema=ema,
         mixup=make_mixup(cfg.train, len(src.classes)),
         compile_guard=CompileGuard(compile_mode(cfg.train), accelerator.is_main_process),

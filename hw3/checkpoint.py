@@ -36,7 +36,6 @@ from hw3.monitor import Monitor
 from hw3.storage import MANIFEST, remove, verify, write_atomic, write_manifest, writing
 
 STATE_FILE = "trainer_state.json"
-EMA_FILE = "ema.safetensors"
 NAME = re.compile(r"^epoch(\d{4,})-batch(\d{6,})$")
 DAMAGED = "damaged-"
 
@@ -56,6 +55,8 @@ class TrainState:
     wandb_id: Optional[str] = None
     launches: list = field(default_factory=list)  # who ran each launch of this run, on what (summary.json)
     epochs: Optional[int] = None  # train.epochs the lr schedule is laid out over (train.extend_epochs changes it)
+    image_passes: int = 0  # forward/backward passes of one image each, over all processes (what training cost)
+    train_time_s: float = 0.0  # seconds spent in training steps, finished epochs (validation and saves aside)
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,11 +149,12 @@ def set_aside(rejected: list[tuple[Path, str]]) -> list[str]:
 
 
 def save_checkpoint(
-    accelerator, run_dir: Path, position: tuple[int, int], components: dict, own: dict, ema, keep_last: int
+    accelerator, run_dir: Path, position: tuple[int, int], components: dict, own: dict, tensors: dict, keep_last: int
 ) -> Path:
     """Full training state after `position` = (epoch, batches of it trained): accelerate's (model, optimizer,
-    scaler, RNG of every process), the EMA's weights, every shared component's state_dict() and, per process,
-    those of `own`. A write failure on any process stops every process here with WriteFailed."""
+    scaler, RNG of every process), every shared component's state_dict() (JSON), per process those of `own`, and
+    the tensor state of `tensors` (the EMA's weights, LookSAM's vector) as <key>.safetensors. A write failure on
+    any process stops every process here with WriteFailed."""
     name = checkpoint_name(*position)
     final = run_dir / "checkpoints" / name
     tmp = final.with_name(f".tmp-{name}")
@@ -162,7 +164,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     saved = {key: component.state_dict() for key, component in components.items()}
     saved["processes"] = gather_states(accelerator, {key: c.state_dict() for key, c in own.items()})
-    error = attempt(lambda: write_state(accelerator, tmp, saved, ema))
+    error = attempt(lambda: write_state(accelerator, tmp, saved, tensors))
     error = agree(accelerator, error)
     if error is None:
         crash_point("checkpoint_save")
@@ -187,12 +189,14 @@ def attempt(write: Callable[[], None]) -> Optional[str]:
     return None
 
 
-def write_state(accelerator, tmp: Path, saved: dict, ema) -> None:
+def write_state(accelerator, tmp: Path, saved: dict, tensors: dict) -> None:
     with writing(tmp):
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
-            if ema is not None:
-                save_file(ema.module.state_dict(), str(tmp / EMA_FILE))
+            for key, component in tensors.items():
+                save_file(
+                    {k: v.contiguous() for k, v in component.state_dict().items()}, str(tmp / f"{key}.safetensors")
+                )
             write_atomic(tmp / STATE_FILE, json.dumps(saved, indent=1).encode())
 
 
@@ -219,8 +223,9 @@ def read_state(path: Path) -> dict:
     return saved
 
 
-def load_checkpoint(accelerator, path: Path, components: dict, own: dict, ema) -> None:
-    """Restore accelerate's state, the EMA, every shared component and this process's own ones from `path`."""
+def load_checkpoint(accelerator, path: Path, components: dict, own: dict, tensors: dict) -> None:
+    """Restore accelerate's state, every shared component, this process's own ones and the tensor state of
+    `tensors` from `path`."""
     saved = read_state(path)
     if saved["train"]["world_size"] != accelerator.num_processes:
         raise UserError(
@@ -232,8 +237,8 @@ def load_checkpoint(accelerator, path: Path, components: dict, own: dict, ema) -
         raise UserError(f"train.resume: {path} has no saved state for {', '.join(missing)} (another hw3 version?)")
     try:
         accelerator.load_state(str(path))
-        if ema is not None:
-            ema.module.load_state_dict(load_file(str(path / EMA_FILE)))
+        for key, component in tensors.items():
+            component.load_state_dict(load_file(str(path / f"{key}.safetensors"), device=str(accelerator.device)))
     except pickle.UnpicklingError as e:  # accelerate loads with torch.load(weights_only=True): no code runs
         raise UserError(
             f"train.resume: {path} holds objects that are not plain tensors; refusing to unpickle "

@@ -23,6 +23,7 @@ from hw3.evaluation import evaluate
 from hw3.faults import crash_point
 from hw3.optim import routing_table
 from hw3.optim.nonfinite import found_inf, step_unless, total_norm
+from hw3.optim.sam import FULL, MOMENTUM, REUSE
 from hw3.optim.schedules import batch_scale, set_lr
 from hw3.signals import SIGNALS
 
@@ -107,7 +108,7 @@ def train_one_epoch(run: Run, epoch: int, batch_size: int) -> dict:
 def checkpoint(run: Run, position: tuple[int, int]) -> None:
     """The full training state at `position` (epoch, batches of it trained); restarts the interval's clock."""
     save_checkpoint(
-        run.accelerator, run.run_dir, position, run.components(), run.own(), run.ema, run.cfg.train.keep_last
+        run.accelerator, run.run_dir, position, run.components(), run.own(), run.tensors(), run.cfg.train.keep_last
     )
     run.last_checkpoint = time.monotonic()
     run.checkpoint_due = False
@@ -122,29 +123,18 @@ def checkpoint_due(run: Run) -> bool:
 
 def train_step(run: Run, micro_batches: Iterator[Micro], measure_norm: bool) -> None:
     """One optimizer step, top to bottom: forward, loss and backward of each micro-batch (one, or
-    train.grad_accum_steps), SAM's second pass, clipping, the update (undone on the device when a gradient is not
-    finite), the EMA, the running sums. Nothing here waits for the device."""
-    model, scaler, sums, train_cfg = run.model, run.scaler, run.sums, run.cfg.train
+    train.grad_accum_steps), or SAM's passes; clipping, the update (undone on the device when a gradient is not
+    finite), the EMA, the running sums and the passes spent. Nothing here waits for the device."""
+    scaler, sums, train_cfg = run.scaler, run.sums, run.cfg.train
     if run.sam is not None:
-        run.sam.save_batchnorm(run.net)  # SAM keeps the statistics of pass 1 only
-    for x, y, weight, last in micro_batches:
-        targets = y
-        if run.mixup is not None:
-            x, targets = mix(run.mixup, x, y)
-        # Gradients are all-reduced on the last micro-batch of a step; never in SAM's first pass, where each
-        # process perturbs the weights by its own gradient.
-        with contextlib.nullcontext() if last and run.sam is None else run.accelerator.no_sync(model):
-            if run.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            logits = model(x)
-            loss = run.loss_fn(logits, targets)
-            backward(run, loss if weight == 1.0 else loss * weight)
-        sums.add_batch(loss.detach(), logits.detach(), y)  # now: a CUDA-graph replay reuses these buffers
-    if run.sam is not None:  # SAM's second pass: the gradient at w + e(w), all-reduced; w is restored after it
-        with run.sam.perturbed(run.net) as keep:  # keep is NaN when pass 1 was not finite: the step is skipped
-            if run.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            backward(run, run.loss_fn(model(x), targets) * keep)
+        (x, y, _, _), *_ = micro_batches  # SAM takes the whole batch in one micro-batch (no accumulation)
+        passes, images = sam_passes(run, x, y), len(y)
+    else:
+        passes, images = 1, 0
+        for x, y, weight, last in micro_batches:
+            # Gradients are all-reduced on the last micro-batch of a step only.
+            forward_backward(run, x, y, weight, sync=last)
+            images += len(y)
     params = [p for p in run.net.parameters() if p.grad is not None]
     grads = [p.grad for p in params]
     if scaler is not None:
@@ -160,12 +150,63 @@ def train_step(run: Run, micro_batches: Iterator[Micro], measure_norm: bool) -> 
         scaler.update()  # lowers the loss scale after an overflow, on the device
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
+    run.state.image_passes += passes * images * run.accelerator.num_processes  # counted, host-side
     if run.ema is not None:
         run.ema.update_unless(run.net, bad, run.state.step)
     sums.add_step(norm, bad)
     run.bad_steps.add(bad)
     if run.state.step == 1 and (run.cfg.optim.base if run.sam else run.cfg.optim.name) == "muon":
         run.tracker.write("optimizer_routing.md", routing_table(run.net, run.optimizer))
+
+
+def forward_backward(run: Run, x, y, weight: float = 1.0, sync: bool = True, targets=None) -> None:
+    """One forward/backward pass of a batch, mixed by mixup (when on) unless `targets` are given; gradients
+    all-reduced only with `sync`; the pass is added to the epoch's running sums."""
+    if targets is None:
+        x, targets = mix(run.mixup, x, y) if run.mixup is not None else (x, y)
+    with contextlib.nullcontext() if sync else run.accelerator.no_sync(run.model):
+        if run.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = run.model(x)
+        loss = run.loss_fn(logits, targets)
+        backward(run, loss if weight == 1.0 else loss * weight)
+    run.sums.add_batch(loss.detach(), logits.detach(), y)  # now: a CUDA-graph replay reuses these buffers
+
+
+def sam_passes(run: Run, x: torch.Tensor, y: torch.Tensor) -> int:
+    """SAM's forward/backward passes for this step (hw3.optim.sam, SAM.kind); returns how many ran.
+
+    A full step, per slice of the batch (optim.sam_batch_splits; one slice: plain SAM): pass 1 without
+    all-reduce (each process, each slice, perturbs by its own gradient), then pass 2 at w + e(w), the slices'
+    pass-2 gradients accumulated and all-reduced with the last one."""
+    sam, net = run.sam, run.net
+    kind = sam.kind(run.state.step)
+    if kind != FULL:  # one pass: plain, LookSAM's reuse, or momentum SAM's at w - rho v / ||v||
+        with sam.along_momentum(net, run.optimizer) if kind == MOMENTUM else contextlib.nullcontext():
+            forward_backward(run, x, y, 1.0, sync=True)
+        if kind == REUSE:
+            sam.add_component([p for p in net.parameters() if p.grad is not None])
+        return 1
+    # one mix for the whole step: both passes see the same images and targets
+    x, targets = mix(run.mixup, x, y) if run.mixup is not None else (x, y)
+    sam.save_batchnorm(net)  # SAM keeps the statistics of pass 1 only
+    parts = [t.tensor_split(sam.splits) for t in (x, y, targets)]
+    slices = [s for s in zip(*parts, strict=True) if len(s[1])]
+    for i, (xs, ys, ts) in enumerate(slices):
+        earlier = [p.grad for p in net.parameters()]  # the slices' pass-2 gradients so far
+        net.zero_grad(set_to_none=True)
+        forward_backward(run, xs, ys, sync=False, targets=ts)  # pass 1: this process's own gradient
+        with sam.perturbed(net, keep_plain=sam.variant == "looksam") as keep:  # keep: NaN if pass 1 was not finite
+            for p, g in zip(net.parameters(), earlier, strict=True):
+                p.grad = g
+            last = i == len(slices) - 1
+            with contextlib.nullcontext() if last else run.accelerator.no_sync(run.model):
+                if run.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                backward(run, run.loss_fn(run.model(xs), ts) * (keep * (len(ys) / len(y))))
+    if sam.variant == "looksam":
+        sam.store_component([p for p in net.parameters() if p.grad is not None], run.accelerator)
+    return 2
 
 
 def backward(run: Run, loss: torch.Tensor) -> None:
@@ -248,6 +289,7 @@ def epoch_metrics(run: Run, batch_size: int) -> dict:
     count = max(totals["count"], 1)
     skipped = int(totals["skipped"]) // run.accelerator.num_processes  # every process counted the same steps
     run.state.skipped_steps += skipped
+    run.state.train_time_s += sums.seconds
     return dict(
         train_loss=totals["loss"] / count,
         train_acc=totals["correct"] / count,
@@ -259,6 +301,9 @@ def epoch_metrics(run: Run, batch_size: int) -> dict:
         grad_norm=totals["grad_norm"] / max(totals["norm_samples"], 1),
         skipped_steps=skipped,
         loss_scale=run.scaler.get_scale() if run.scaler is not None else None,
+        # what the run has spent so far: forward/backward passes over the training split, and training seconds
+        passes=run.state.image_passes / run.data.num_train,
+        train_time_s=run.state.train_time_s,
     )
 
 

@@ -142,7 +142,7 @@ def start_run(run: Run, start: Start, command: list[str]) -> None:
             print(warning, file=sys.stderr, flush=True)
     accelerator.wait_for_everyone()
     if start.resume_from is not None:
-        load_checkpoint(accelerator, start.resume_from, run.components(), run.own(), run.ema)
+        load_checkpoint(accelerator, start.resume_from, run.components(), run.own(), run.tensors())
         if run.state.stopped == "max_steps":  # a limit of that command, not of the run
             run.state.stopped = None
         accelerator.print(f"resuming from {start.resume_from} (epoch {run.state.epoch}, batch {run.state.batch})")

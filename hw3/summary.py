@@ -65,6 +65,8 @@ def summary_of(run: Run, test: dict) -> dict:
         stopped_epoch=len(state.history) - 1 if state.stopped else None,
         **test,
         wall_time_s=state.wall_time_s,
+        passes=state.image_passes / len(run.data.src.train),  # forward/backward passes over the training split
+        train_time_s=state.train_time_s,
         optimizer_steps=state.step,
         skipped_steps=state.skipped_steps,
         processes=run.accelerator.num_processes,
@@ -77,4 +79,6 @@ def summary_of(run: Run, test: dict) -> dict:
         pretrained=bool(cfg.model.pretrained or cfg.model.pretrained_file),
         image_size=run.card["image_size"],
         optimizer=cfg.optim.name if cfg.optim.name != "sam" else f"sam({cfg.optim.base})",
+        label_noise=cfg.data.label_noise,
+        noisy_labels=run.data.src.noisy_labels,
     )

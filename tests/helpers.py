@@ -107,7 +107,7 @@ def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
         cfg=cfg,
         accelerator=accelerator,
         run_dir=None,
-        data=None,
+        data=SimpleNamespace(num_train=1),  # no data: the steps' batches come from the test
         model=prepared,
         net=accelerator.unwrap_model(prepared),
         optimizer=wrapper.optimizer,
@@ -121,7 +121,7 @@ def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
         tracker=SimpleNamespace(write=lambda name, text: None),  # no run dir to write optimizer_routing.md to
         card={},
         loss_fn=make_loss(cfg.train),
-        sam=SAM(cfg.optim.rho, cfg.optim.adaptive) if cfg.optim.name == "sam" else None,
+        sam=SAM(cfg.optim) if cfg.optim.name == "sam" else None,
     )
 
 

@@ -12,6 +12,7 @@ from hw3.config.schema import (
     SchedConfig,
     TrainConfig,
     compile_mode,
+    passes_per_step,
 )
 
 __all__ = [
@@ -29,5 +30,6 @@ __all__ = [
     "flatten",
     "load_config",
     "parse_yaml",
+    "passes_per_step",
     "to_yaml",
 ]

@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from hw3.config.schema import Config
+from hw3.config.schema import Config, passes_per_step
 from hw3.config.validation import validate_config
 from hw3.errors import UserError
 from hw3.registry import did_you_mean
@@ -231,7 +231,18 @@ def load_config(recipe: Optional[str], overrides: list[str] = ()) -> Config:
         apply_override(raw, item)
     cfg = build_section(Config, raw)
     validate_config(cfg)
+    cfg = with_budget(cfg)
     return smoke_variant(cfg) if cfg.smoke else cfg
+
+
+def with_budget(cfg: Config) -> Config:
+    """train.budget_passes sets train.epochs: as many epochs as the budget buys at the optimizer's cost per epoch
+    (SGD at a budget of 200 trains 200 epochs, SAM 100), so strategies compared at one budget spend the same."""
+    budget = cfg.train.budget_passes
+    if budget is None:
+        return cfg
+    epochs = max(1, math.floor(budget / passes_per_step(cfg.optim) + 1e-9))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
 
 
 SMOKE_STEPS = 2

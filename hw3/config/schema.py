@@ -28,6 +28,7 @@ class DataConfig:
     channels: Optional[int] = None  # synthetic/smoke: image channels (default 3)
     max_train_samples: Optional[int] = None  # cap on training images (seeded subset); synthetic: its size
     max_eval_samples: Optional[int] = None  # cap on validation and test images (seeded subset)
+    label_noise: float = 0.0  # share of training labels flipped to another class (seeded; val/test untouched)
     augment: Optional[str] = None  # none, flip, crop, crop_flip, resized_crop_flip; null = the dataset's default
     crop_padding: Optional[int] = None  # px of zero padding around random crops; null = the dataset's default
     auto_augment: Optional[str] = None  # randaugment or trivialaugment (torchvision), applied per sample
@@ -64,6 +65,10 @@ class OptimConfig:
     base: str = "sgd"  # sam: the optimizer taking the step (sgd, adam, adamw, muon)
     rho: float = 0.05  # sam: radius of the weight perturbation (ASAM wants about 10x more)
     adaptive: bool = False  # sam: ASAM, the perturbation scaled by |w|
+    sam_variant: str = "sam"  # sam: sam (fresh ascent), looksam (reuse its orthogonal part), momentum (MSAM)
+    sam_every: int = 1  # sam/looksam: a full two-pass step every this many steps, one pass in between
+    sam_batch_splits: int = 1  # sam: m-sharpness, each of m slices of a process's batch perturbed on its own
+    looksam_alpha: float = 0.7  # looksam: weight of the stored orthogonal component, times ||g||
     fallback_lr: Optional[float] = None  # muon: lr of the AdamW-trained tensors (norms, biases, stem, head); null = lr
 
 
@@ -87,6 +92,8 @@ class SchedConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10  # passes over the training split
+    budget_passes: Optional[float] = None  # compute budget in forward/backward passes over the training split
+    # (an epoch of SGD costs 1, of SAM 2, of SAM every k 1 + 1/k); set, it replaces train.epochs
     batch_size: int = 64  # images per forward, summed over all processes (the global batch)
     batch_size_schedule: Optional[dict[int, int]] = None  # {first epoch (from 0): global batch size}
     lr_scaling: str = "none"  # couple lr to the scheduled batch size: none, linear, sqrt
@@ -153,3 +160,11 @@ def compile_mode(cfg: TrainConfig) -> Optional[str]:
 
 
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # compile modes that replay CUDA graphs (static shapes)
+
+
+def passes_per_step(cfg: OptimConfig) -> float:
+    """Forward/backward passes over a batch an optimizer step costs on average: 2 for SAM, 1 + 1/k for SAM (or
+    LookSAM) every k steps, 1 for momentum SAM and every other optimizer (what train.budget_passes divides by)."""
+    if cfg.name != "sam" or cfg.sam_variant == "momentum":
+        return 1.0
+    return 1.0 + 1.0 / cfg.sam_every

@@ -48,6 +48,11 @@ RULES = {
     "optim.momentum": between(0, 1),
     "optim.betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "give two values in [0, 1)"),
     "optim.rho": ((lambda v: v > 0), "must be > 0"),
+    "optim.sam_every": at_least(1),
+    "optim.sam_batch_splits": at_least(1),
+    "optim.looksam_alpha": at_least(0),
+    "train.budget_passes": ((lambda v: v > 0), "must be > 0"),
+    "data.label_noise": between(0, 1),
     "optim.fallback_lr": at_least(0),
     "sched.min_lr": at_least(0),
     "sched.warmup_epochs": at_least(0),
@@ -86,6 +91,7 @@ CHOICES = {
     "data.augment": ("none", "flip", "crop", "crop_flip", "resized_crop_flip"),
     "data.auto_augment": ("randaugment", "trivialaugment"),
     "sched.monitor": ("val_loss", "val_acc"),
+    "optim.sam_variant": ("sam", "looksam", "momentum"),
     "train.lr_scaling": ("none", "linear", "sqrt"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.compile": (False, True, "default", "reduce-overhead", "max-autotune"),
@@ -117,7 +123,27 @@ def validate_config(cfg: Config) -> None:
         cfg.optim.name != "sam" or cfg.train.grad_accum_steps == 1,
         "train.grad_accum_steps: SAM needs the full-batch gradient for its perturbation; use 1 with optim.name=sam",
     )
+    _check_sam_variants(cfg.optim)
     _check_names(cfg)
+
+
+def _check_sam_variants(optim) -> None:
+    """The SAM variants' keys, set only where they mean something, in combinations that exist."""
+    defaults = {"sam_variant": "sam", "sam_every": 1, "sam_batch_splits": 1, "looksam_alpha": 0.7}
+    changed = [k for k, v in defaults.items() if getattr(optim, k) != v]
+    _check(optim.name == "sam" or not changed, f"optim.{changed[0] if changed else ''}: only with optim.name=sam")
+    if optim.sam_variant == "momentum":
+        for key, ok in (("sam_every", optim.sam_every == 1), ("sam_batch_splits", optim.sam_batch_splits == 1)):
+            _check(ok, f"optim.{key}: momentum SAM takes one pass every step; leave {key} at 1")
+        _check(not optim.adaptive, "optim.adaptive: momentum SAM perturbs along the momentum, not |w| g; use false")
+    _check(
+        optim.sam_batch_splits == 1 or optim.sam_variant == "sam",
+        "optim.sam_batch_splits: m-sharpness works with optim.sam_variant=sam",
+    )
+    _check(
+        optim.looksam_alpha == 0.7 or optim.sam_variant == "looksam",
+        "optim.looksam_alpha: only with optim.sam_variant=looksam",
+    )
 
 
 def _check_names(cfg: Config) -> None:

@@ -97,6 +97,7 @@ class Source:
     crop_padding: int = 0  # its default crop padding, px
     side: Optional[int] = None  # read from disk: the side all its images share (square), if they do
     note: str = ""  # how the images were prepared (decoded, read from the cache), for the console
+    noisy_labels: int = 0  # training labels flipped by data.label_noise
 
     @property
     def in_memory(self) -> bool:
@@ -138,7 +139,19 @@ def load_source(cfg: DataConfig) -> Source:
     src.test = cap(src.test, cfg.max_eval_samples, cfg.split_seed + 2)
     if cfg.num_classes is not None and cfg.num_classes != len(src.classes) and cfg.name != "synthetic":
         raise UserError(f"data.num_classes: {cfg.num_classes} given, but {cfg.name} has {len(src.classes)} classes")
+    if cfg.label_noise > 0:
+        src.train, src.noisy_labels = with_label_noise(src.train, cfg.label_noise, len(src.classes), cfg.split_seed)
     return src
+
+
+def with_label_noise(split: Split, share: float, classes: int, seed: int) -> tuple[Split, int]:
+    """Symmetric label noise (the SAM paper's noisy-label study): a seeded `share` of the labels, each moved to one
+    of the other classes drawn uniformly. The same images and new labels on every process and every resume."""
+    gen = torch.Generator().manual_seed(seed + 3)
+    flipped = torch.randperm(len(split), generator=gen)[: round(share * len(split))]
+    labels = split.labels.clone()
+    labels[flipped] = (labels[flipped] + torch.randint(1, classes, (len(flipped),), generator=gen)) % classes
+    return replace(split, labels=labels), len(flipped)
 
 
 # ----------------------------------------------------------------------------------------------------------

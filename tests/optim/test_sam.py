@@ -103,7 +103,7 @@ def test_then_a_clean_batch_trains_normally():
 
 def test_weights_are_restored_bit_for_bit_around_pass_two():
     model, (x, y) = tiny_model(), batch()
-    sam = SAM(0.05)
+    sam = SAM(OptimConfig(name="sam", rho=0.05))
     sam.save_batchnorm(model)
     F.cross_entropy(model(x), y).backward()
     before = [p.detach().clone() for p in model.parameters()]
