@@ -30,6 +30,8 @@ COLUMNS = (
     "epochs",
     "best val acc",
     "test acc",
+    "passes",
+    "train time",
     "wall time",
     "hardware",
 )
@@ -101,6 +103,7 @@ def row(run: dict, extra_keys: Sequence[str] = ()) -> dict:
     planned = (summary or {}).get("epochs") or cfg["train"]["epochs"]  # train.extend_epochs may have changed it
     epochs = f"{len(rows)}/{planned}" + ("" if summary else " (running)")
     wall = summary["wall_time_s"] if summary else sum(r["epoch_time_s"] for r in rows)
+    spent = summary or (rows[-1] if rows else {})  # a run in progress: what its last finished epoch had spent
     size = summary["image_size"] if summary else cfg["data"]["image_size"] or "native"
     pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731
     values = dotted(cfg)
@@ -114,6 +117,9 @@ def row(run: dict, extra_keys: Sequence[str] = ()) -> dict:
         "epochs": epochs,
         "best val acc": pct(best_val),
         "test acc": pct(test),
+        # what it cost: forward/backward passes over the training split, seconds spent in training steps
+        "passes": f"{spent['passes']:.2f}" if spent.get("passes") is not None else "-",
+        "train time": clock(spent.get("train_time_s")),
         "wall time": clock(wall),
         "hardware": hardware(run),
     }

@@ -14,7 +14,7 @@ from typing import Optional
 from hw3.errors import UserError
 from hw3.monitor import Monitor
 
-METRICS = ("best_val_acc", "best_val_loss", "test_acc")
+METRICS = ("best_val_acc", "best_val_loss", "test_acc", "passes", "train_time_s")  # passes: over the training split
 
 
 def statistics_of(values: list[float], name: str) -> dict:
@@ -73,17 +73,50 @@ def plus_minus(entry: dict, metric: str) -> str:
     return f"{mean:.2%} ± {std * 100:.2f}" if std is not None else f"{mean:.2%}"
 
 
+def spent(entry: dict, metric: str, unit: str = "") -> str:
+    """A cost as mean ± std (`unit` after the number), or just the mean when the seeds agree or there is one."""
+    mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}{unit}" + (f" ± {std:.2f}" if std else "")
+
+
 def sweep_table(sweep: dict) -> str:
+    """The table: accuracy next to what it cost (passes over the training split, training time)."""
     keys = list(sweep["grid"])
-    head = ["combination", *keys, "n", "best val acc", "test acc", "test acc min-max", "wall time"]
+    head = ["combination", *keys, "n", "best val acc", "test acc", "test acc min-max", "passes", "train time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in sweep["combinations"]:
         spread = f"{e['test_acc_min']:.2%}-{e['test_acc_max']:.2%}" if e["test_acc_min"] is not None else "-"
-        wall = f"{e['wall_time_s_mean']:.1f} s" if e["wall_time_s_mean"] is not None else "-"
         cells = [e["combination"], *(e["params"][k] for k in keys), e["n"]]
-        cells += [plus_minus(e, "best_val_acc"), plus_minus(e, "test_acc"), spread, wall]
+        cells += [plus_minus(e, "best_val_acc"), plus_minus(e, "test_acc"), spread]
+        cells += [spent(e, "passes"), spent(e, "train_time_s", " s")]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_cost(sweep: dict, path: Path) -> None:
+    """Accuracy against cost: one point per combination (mean over seeds) with its standard deviation as error
+    bars, test accuracy where there is a test split, best validation accuracy otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "test_acc" if any(e["test_acc_mean"] is not None for e in sweep["combinations"]) else "best_val_acc"
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    counted = [c for c in sweep["combinations"] if c[f"{metric}_mean"] is not None and c["passes_mean"] is not None]
+    for i, e in enumerate(counted):  # (runs of an hw3 that did not count passes have no point)
+        x, y = e["passes_mean"], 100 * e[f"{metric}_mean"]
+        xerr, yerr = e["passes_std"] or 0.0, 100 * (e[f"{metric}_std"] or 0.0)
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=4, color=f"C{i % 10}", label=e["combination"])
+    ax.set_xlabel("forward/backward passes over the training split (mean over seeds)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')}, % (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_val_acc(sweep: dict, path: Path) -> None:
@@ -124,9 +157,12 @@ def write_sweep_report(out: Path, report: Optional[Path] = None) -> tuple[str, l
     plot = report.with_name(f"{report.stem}_val_acc.png" if report.name != "sweep.md" else "sweep_val_acc.png")
     report.parent.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(sweep, indent=1))
-    report.write_text(f"# Sweep of {sweep['recipe']}\n\n{table}\n![validation accuracy]({plot.name})\n")
+    cost = plot.with_name(plot.name.replace("_val_acc.png", "_cost.png"))
+    images = f"![validation accuracy]({plot.name})\n\n![accuracy against cost]({cost.name})\n"
+    report.write_text(f"# Sweep of {sweep['recipe']}\n\n{table}\n{images}")
     plot_val_acc(sweep, plot)
-    return table, [out / "sweep.json", report, plot]
+    plot_cost(sweep, cost)
+    return table, [out / "sweep.json", report, plot, cost]
 
 
 def is_sweep_dir(path: Path) -> bool:

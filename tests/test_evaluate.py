@@ -77,8 +77,8 @@ def test_report_table_and_curves(finished, tmp_path, capsys):
     assert report_main([str(finished / "adamw"), str(finished / "sam"), "--out", str(out)]) == 0
     text = out.read_text()
     assert (
-        "| run | strategy | model | pretrained | image size | epochs | best val acc | test acc | wall time | hardware |"
-        in text
+        "| run | strategy | model | pretrained | image size | epochs | best val acc | test acc | passes | train time "
+        "| wall time | hardware |" in text
     )
     sam_row = next(line for line in text.splitlines() if line.startswith("| sam |"))
     assert "SAM rho 0.05 + sgd" in sam_row and "label smoothing 0.1" in sam_row and "| 3/3 |" in sam_row

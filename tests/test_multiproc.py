@@ -74,6 +74,8 @@ SAM_ARGS = [
     "train.epochs=3",
     "optim.name=sam",
     "optim.base=adamw",
+    "optim.sam_variant=looksam",  # full SAM steps every other step, LookSAM's reuse in between
+    "optim.sam_every=2",
     "sched.name=plateau",
     "sched.patience=0",
     "sched.monitor=val_acc",
@@ -90,10 +92,11 @@ def sam_runs(tmp_path_factory):
     return tmp
 
 
-def test_sam_with_a_dataloader_and_plateau_stays_in_sync_on_two_processes(sam_runs):
+def test_looksam_with_a_dataloader_and_plateau_stays_in_sync_on_two_processes(sam_runs):
     # Each process perturbs by its own gradient (pass 1 runs without all-reduce, as in the SAM paper's
-    # m-sharpness), so 2-process SAM is not the 1-process run; but the weights, and plateau's decisions on the
-    # reduced validation metric, must agree on every process.
+    # m-sharpness), so 2-process SAM is not the 1-process run; but the weights (LookSAM's stored vector is
+    # averaged over the processes), and plateau's decisions on the reduced validation metric, must agree on
+    # every process.
     summary = read_summary(sam_runs / "two")
     assert summary["processes"] == 2 and summary["processes_in_sync"] is True
     two = read_metrics(sam_runs / "two")

@@ -60,7 +60,7 @@ def test_the_statistics_are_those_of_the_runs_summaries(swept):
     for combination, entry in entries.items():
         summaries = [read_summary(swept / f"{combination}-s{s}") for s in (0, 1)]
         assert entry["n"] == 2 and entry["params"]["optim.name"] in combination
-        for metric in ("best_val_acc", "test_acc", "best_val_loss"):
+        for metric in ("best_val_acc", "test_acc", "best_val_loss", "passes", "train_time_s"):
             values = [s[metric] for s in summaries]
             assert entry[f"{metric}_mean"] == pytest.approx(statistics.fmean(values), abs=1e-12)
             assert entry[f"{metric}_std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
@@ -75,8 +75,10 @@ def test_the_markdown_and_the_plot(swept):
     best = json.loads((swept / "sweep.json").read_text())["combinations"][0]
     row = next(line for line in table.splitlines() if line.startswith(f"| {best['combination']} |"))
     assert f"{best['test_acc_mean']:.2%} ± {best['test_acc_std'] * 100:.2f}" in row and "| 2 |" in row
-    image = np.asarray(Image.open(swept / "sweep_val_acc.png").convert("L"), dtype=np.float64)
-    assert min(image.shape) >= 400 and image.std() > 10
+    assert f"| {best['passes_mean']:.2f} | " in row  # both seeds spent 2 passes over the data: no ± 0.00
+    for plot in ("sweep_val_acc.png", "sweep_cost.png"):
+        image = np.asarray(Image.open(swept / plot).convert("L"), dtype=np.float64)
+        assert min(image.shape) >= 400 and image.std() > 10
 
 
 def test_a_half_finished_sweep_continues_and_skips_what_is_done(swept, tmp_path, capsys):
@@ -102,9 +104,9 @@ def test_a_half_finished_sweep_continues_and_skips_what_is_done(swept, tmp_path,
 
 
 def entries_without_time(sweep_json):
-    """A sweep's statistics but the wall time, which a rerun does not reproduce."""
+    """A sweep's statistics but the times, which a rerun does not reproduce."""
     entries = json.loads(sweep_json.read_text())["combinations"]
-    return [{k: v for k, v in e.items() if k != "wall_time_s_mean"} for e in entries]
+    return [{k: v for k, v in e.items() if not k.startswith(("wall_time_s", "train_time_s"))} for e in entries]
 
 
 @pytest.mark.parametrize(
