@@ -1,8 +1,8 @@
 """Compare strategies with statistics: every combination of a grid of recipe values, times N seeds, each one an
 ordinary hw3 run, summarized as mean ± std per combination.
 
-    python -m hw3.sweep --recipe RECIPE --grid KEY=V1,V2[,...] [--grid ...] --seeds N --out DIR
-        [--parallel K] [--print-commands] [key=value ...]
+    python -m hw3.sweep --recipe RECIPE [--grid KEY=V1,V2[,...] ...] [--strategy 'NAME=K=V K=V' ...] --seeds N
+        --out DIR [--parallel K] [--print-commands] [key=value ...]
 
 Run `<combination>-s<seed>` lives in DIR/<combination>-s<seed>/ and is made by `python -m hw3.cli` (what train.py
 runs), so it resumes, evaluates and reports like any run. The same command again continues what is unfinished
@@ -93,23 +93,57 @@ def parse_grid(items: Sequence[str], overrides: Sequence[str]) -> dict[str, list
     return grid
 
 
+def parse_strategies(items: Sequence[str], grid: dict, overrides: Sequence[str]) -> dict[str, list[str]]:
+    """--strategy 'NAME=KEY=V KEY=V ...' -> {NAME: [KEY=V, ...]}: named bundles of overrides compared as one
+    more grid dimension (SGD against SAM at its budget, say), each checked like any override."""
+    strategies: dict[str, list[str]] = {}
+    taken = {*grid, *(item.partition("=")[0].strip() for item in overrides), *SET_BY_THE_SWEEP}
+    for item in items:
+        name, sep, text = item.partition("=")
+        settings = shlex.split(text) if sep else []
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+_-]*", name.strip()) or not settings:
+            raise UserError(
+                f"--strategy '{item}': write NAME=KEY=V [KEY=V ...], e.g. 'sam=optim.name=sam optim.rho=0.1'"
+            )
+        if name in strategies:
+            raise UserError(f"--strategy: '{name}' is given twice")
+        for setting in settings:
+            key = setting.partition("=")[0].strip()
+            if "=" not in setting or key in taken:
+                raise UserError(f"--strategy {name}: '{setting}' is not KEY=V, or sets a key given elsewhere")
+        strategies[name] = settings
+    return strategies
+
+
 def combination_name(params: dict) -> str:
-    """optim.name=sam, optim.lr=0.1 -> "optim.name-sam_optim.lr-0.1" (safe as a folder name)."""
-    parts = [f"{key}-{re.sub(r'[^A-Za-z0-9.+-]+', '_', value).strip('_') or 'null'}" for key, value in params.items()]
+    """optim.name=sam, optim.lr=0.1 -> "optim.name-sam_optim.lr-0.1" (safe as a folder name); a strategy goes
+    by its name alone."""
+    parts = [
+        value if key == "strategy" else f"{key}-{re.sub(r'[^A-Za-z0-9.+-]+', '_', value).strip('_') or 'null'}"
+        for key, value in params.items()
+    ]
     return "_".join(parts) or "recipe"
 
 
-def plan(recipe: str, grid: dict, seeds: int, out: Path, overrides: Sequence[str]) -> list[PlannedRun]:
-    """Every run of the sweep, each checked to load as a recipe before anything starts."""
+def plan(
+    recipe: str, grid: dict, seeds: int, out: Path, overrides: Sequence[str], strategies: Optional[dict] = None
+) -> list[PlannedRun]:
+    """Every run of the sweep (strategies x grid x seeds), each checked to load as a recipe before anything starts."""
     from hw3.config import load_config
 
+    strategies = strategies or {}
+    dims = {"strategy": list(strategies), **grid} if strategies else grid
     runs = []
-    for values in itertools.product(*grid.values()):
-        params = dict(zip(grid, values, strict=True))
+    for values in itertools.product(*dims.values()):
+        params = dict(zip(dims, values, strict=True))
         combination = combination_name(params)
+        settings = [
+            *strategies.get(params.get("strategy"), []),
+            *(f"{k}={v}" for k, v in params.items() if k != "strategy"),
+        ]
         for seed in range(seeds):
             name = f"{combination}-s{seed}"
-            items = [*overrides, *(f"{k}={v}" for k, v in params.items()), f"seed={seed}", f"output_dir={out / name}"]
+            items = [*overrides, *settings, f"seed={seed}", f"output_dir={out / name}"]
             load_config(recipe, items)  # a grid or override error: one line, before any run
             runs.append(PlannedRun(name, combination, params, seed, items))
     names = [r.name for r in runs]
@@ -237,6 +271,9 @@ def parse_sweep_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = Parser(prog="python -m hw3.sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to try for one key")
+    p.add_argument(
+        "--strategy", action="append", default=[], metavar="'NAME=K=V K=V'", help="a named bundle of overrides"
+    )
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every combination")
     p.add_argument("--out", type=Path, required=True, help="the sweep dir")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time on this machine")
@@ -254,9 +291,13 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parse_sweep_args(argv)
         grid = parse_grid(args.grid, args.overrides)
-        runs = plan(args.recipe, grid, args.seeds, args.out, args.overrides)
+        strategies = parse_strategies(args.strategy, grid, args.overrides)
+        runs = plan(args.recipe, grid, args.seeds, args.out, args.overrides, strategies)
         args.out.mkdir(parents=True, exist_ok=True)
-        plan_record = dict(recipe=args.recipe, grid=grid, seeds=args.seeds, runs=[asdict(r) for r in runs])
+        shown = {"strategy": list(strategies), **grid} if strategies else grid  # the table's columns
+        plan_record = dict(
+            recipe=args.recipe, grid=shown, strategies=strategies, seeds=args.seeds, runs=[asdict(r) for r in runs]
+        )
         (args.out / PLAN_FILE).write_text(json.dumps(plan_record, indent=1))
         if args.print_commands:
             print("\n".join(shlex.join(["python", *command(args.recipe, run)[1:]]) for run in runs))

@@ -205,3 +205,30 @@ def test_two_sweeps_on_one_dir_share_the_work_and_a_third_finds_it_done(tmp_path
         assert b"\0" not in log and log.count(b" sweep pid ") == 1  # launched once: no refused launch either
     assert sweep_main(args) == 0
     assert "4 runs: 4 complete, 0 to run, 1 at a time" in capsys.readouterr().out
+
+
+def test_strategies_are_named_bundles_of_overrides(tmp_path, capsys):
+    out = tmp_path / "strategies"
+    args = ["--recipe", QUICK, "--seeds", "1", "--out", str(out), "--grid", "data.label_noise=0,0.2", "smoke=true"]
+    strategies = ["--strategy", "sgd=optim.name=sgd", "--strategy", "sam-5=optim.name=sam optim.sam_every=5"]
+    assert sweep_main([*args, *strategies, "--print-commands"]) == 0
+    commands = [shlex.split(c) for c in capsys.readouterr().out.strip().splitlines()]
+    assert [c[-1] for c in commands] == [
+        f"output_dir={out}/{name}-s0"
+        for name in (
+            "sgd_data.label_noise-0",
+            "sgd_data.label_noise-0.2",
+            "sam-5_data.label_noise-0",
+            "sam-5_data.label_noise-0.2",
+        )
+    ]
+    assert commands[3][5:-2] == ["smoke=true", "optim.name=sam", "optim.sam_every=5", "data.label_noise=0.2"]
+    plan = json.loads((out / "sweep_plan.json").read_text())
+    assert plan["grid"] == {"strategy": ["sgd", "sam-5"], "data.label_noise": ["0", "0.2"]}
+    for bad, message in (
+        ("sam=optim.name", "'optim.name' is not KEY=V, or sets a key given elsewhere"),
+        ("sam=data.label_noise=0.1", "'data.label_noise=0.1' is not KEY=V, or sets a key given elsewhere"),
+        ("=optim.name=sam", "--strategy '=optim.name=sam': write NAME=KEY=V"),
+    ):
+        assert sweep_main([*args, "--strategy", bad, "--print-commands"]) == 2
+        assert message in capsys.readouterr().err

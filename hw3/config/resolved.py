@@ -47,6 +47,12 @@ def resolved(cfg: Config, recipe: Optional[str]) -> tuple[Config, dict[str, str]
             out, output_dir=str(Path("runs") / "smoke" / stem if cfg.smoke else Path("runs") / stem)
         )
         why["output_dir"] = "runs/<the recipe's file name>" + (" (smoke mode: runs/smoke/)" if cfg.smoke else "")
+    if cfg.train.budget_passes is not None:
+        from hw3.config.schema import passes_per_step
+
+        why["train.epochs"] = (
+            f"train.budget_passes {cfg.train.budget_passes:g} / {passes_per_step(cfg.optim):g} passes per epoch"
+        )
     if cfg.train.channels_last is None:
         out = dataclasses.replace(out, train=dataclasses.replace(out.train, channels_last=use_channels_last(cfg)))
         why["train.channels_last"] = "on for the resnet and resnest families (BENCHMARKS.md), off otherwise"
