@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, TorchDynamoPlugin
 from torch import nn
 
 from hw3.checkpoint import BestWeights, TrainState
@@ -30,7 +30,7 @@ from hw3.epoch_sums import EpochSums
 from hw3.errors import UserError
 from hw3.models import build_model, model_card, pretrained_data_config
 from hw3.monitor import Monitor
-from hw3.optim import build_optimizer
+from hw3.optim import build_optimizer, head_parameters
 from hw3.optim.nonfinite import BadSteps, DeviceSkippingEma, prime_momentum
 from hw3.optim.sam import SAM
 from hw3.optim.schedules import Layout, Schedule, build_schedule
@@ -97,7 +97,11 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Accelerator:
         log_with=list(cfg.log.trackers) or None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=mode) if mode else None,
-        kwargs_handlers=[process_group_kwargs(train_cfg.collective_timeout_minutes)],
+        kwargs_handlers=[
+            process_group_kwargs(train_cfg.collective_timeout_minutes),
+            # a frozen backbone gets no gradients: DDP must look for unused parameters (costs a graph walk)
+            DistributedDataParallelKwargs(find_unused_parameters=train_cfg.freeze_backbone_epochs > 0),
+        ],
     )
     if train_cfg.mixed_precision is not None:  # null: keep what `accelerate launch` configured
         kwargs["mixed_precision"] = train_cfg.mixed_precision
@@ -137,7 +141,7 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path) -> Run:
     model, prepared = accelerator.prepare(net, optimizer)
     prime_momentum(optimizer)
     monitor = Monitor(cfg.early_stop.monitor)
-    card = model_card(cfg.model, net, spec, src.classes)
+    card = model_card(cfg.model, net, spec, src.classes, from_disk=not src.in_memory, tta=cfg.eval.tta)
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -169,6 +173,11 @@ def build_parts(cfg: Config):
     src = smoke_source(cfg.data) if cfg.smoke else load_source(cfg.data)
     spec = resolve_input(cfg.data, src, pretrained_data_config(cfg.model))
     net = build_model(cfg.model, len(src.classes), spec.channels, spec.size, load_weights=not cfg.smoke)
+    if (cfg.train.freeze_backbone_epochs or cfg.optim.head_lr_scale != 1.0) and not head_parameters(net):
+        raise UserError(
+            f"model.name: {cfg.model.name} names no classifier (pretrained_cfg['classifier']), which "
+            f"train.freeze_backbone_epochs and optim.head_lr_scale need"
+        )
     return src, spec, net
 
 

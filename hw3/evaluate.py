@@ -128,10 +128,13 @@ def evaluate_run(
         raise UserError(f"--split {split}: {cfg.data.name} has no {split} split")
     spec = InputSpec(card["image_size"], card["in_chans"], card["mean"], card["std"], card.get("crop_pct", 0.875))
     data = Data(cfg.data, src, spec, torch.device(device), 1, 0, cfg.seed)
-    result = evaluate(model, data.eval_batches(split, batch_size), confusion_classes=len(card["classes"]))
+    batches = data.eval_batches(split, batch_size)
+    result = evaluate(model, batches, confusion_classes=len(card["classes"]), tta=cfg.eval.tta)
     weights_name = checkpoint if checkpoint in ("best", "last") else path.parent.name
     out = run_dir / "eval" / f"{split}-{weights_name}"
-    write_outputs(out, dict(split=split, checkpoint=str(path), **result), card["classes"], weights_name)
+    write_outputs(
+        out, dict(split=split, checkpoint=str(path), tta=cfg.eval.tta, **result), card["classes"], weights_name
+    )
     return out, result
 
 

@@ -14,15 +14,34 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def shifted(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """The batch moved `pixels` right and down, edges repeated (a translation, not a wrap-around)."""
+    return F.pad(x, (pixels, 0, pixels, 0), mode="replicate")[..., : x.shape[-2], : x.shape[-1]]
+
+
+def logits_with_tta(net: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The logits of `x`, averaged over the views of test-time augmentation (eval.tta): none; flip (the image and
+    its mirror); flip_shift (those two and both moved by 1/16 of the side, at least 1 px: four views)."""
+    if tta == "none":
+        return net(x)
+    views = [x, x.flip(-1)]
+    if tta == "flip_shift":
+        moved = shifted(x, max(1, x.shape[-1] // 16))
+        views += [moved, moved.flip(-1)]
+    return torch.stack([net(v).float() for v in views]).mean(dim=0)
+
+
 @torch.no_grad()
 def evaluate(
     net: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     accelerator=None,
     confusion_classes: Optional[int] = None,
+    tta: str = "none",
 ) -> dict:
     """{"loss", "acc" (top-1), "top5_acc", "count"} of `net` on `batches` (this process's shard), summed over all
-    processes of `accelerator`; with `confusion_classes`, also "confusion" (true x predicted counts, on the CPU)."""
+    processes of `accelerator`, the logits averaged over `tta`'s views; with `confusion_classes`, also
+    "confusion" (true x predicted counts, on the CPU)."""
     device = next(net.parameters()).device
     was_training = net.training
     net.eval()
@@ -31,7 +50,7 @@ def evaluate(
     confusion = torch.zeros(n * n, dtype=torch.int64, device=device) if n else None
     count = 0
     for x, y in batches:
-        logits = net(x).float()
+        logits = logits_with_tta(net, x, tta).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == y[:, None]
         loss = F.cross_entropy(logits, y, reduction="sum")

@@ -21,7 +21,7 @@ from hw3.build import Run, batch_size_for, eval_batch_size
 from hw3.checkpoint import list_checkpoints, save_checkpoint
 from hw3.evaluation import evaluate
 from hw3.faults import crash_point
-from hw3.optim import routing_table
+from hw3.optim import head_parameters, routing_table
 from hw3.optim.nonfinite import found_inf, step_unless, total_norm
 from hw3.optim.sam import FULL, MOMENTUM, REUSE
 from hw3.optim.schedules import batch_scale, set_lr
@@ -65,6 +65,7 @@ def train_one_epoch(run: Run, epoch: int, batch_size: int) -> dict:
     """Train `epoch` from batch run.state.batch on (> 0 when resuming mid-epoch); returns its train metrics."""
     train_cfg, state, log_every = run.cfg.train, run.state, run.cfg.log.log_every
     run.model.train()
+    freeze_backbone(run, frozen=epoch < train_cfg.freeze_backbone_epochs)
     sizes = run.data.batch_sizes(batch_size)
     weights = micro_batch_weights(sizes, train_cfg.grad_accum_steps)
     scale = batch_scale(train_cfg.lr_scaling, batch_size, batch_size_for(train_cfg, 0))
@@ -103,6 +104,23 @@ def train_one_epoch(run: Run, epoch: int, batch_size: int) -> dict:
         bar.close()
     run.sums.seconds += time.perf_counter() - started
     return epoch_metrics(run, batch_size)
+
+
+def freeze_backbone(run: Run, frozen: bool) -> None:
+    """train.freeze_backbone_epochs: in those epochs everything but the classifier head has no gradient (so the
+    optimizer neither moves it nor keeps state for it) and its BatchNorm layers run in eval mode (their
+    statistics do not move either); afterwards all of it trains. A function of the epoch: a resume lands on the
+    same side of the switch."""
+    if run.cfg.train.freeze_backbone_epochs == 0:
+        return
+    head = head_parameters(run.net)
+    for p in run.net.parameters():
+        p.requires_grad_(not frozen or p in head)
+    if frozen:
+        head_modules = set(run.net.get_submodule(run.net.pretrained_cfg["classifier"]).modules())
+        for module in run.net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module not in head_modules:
+                module.eval()
 
 
 def checkpoint(run: Run, position: tuple[int, int]) -> None:
@@ -312,7 +330,8 @@ def evaluate_on_val(run: Run) -> list[tuple[str, dict, torch.nn.Module]]:
     sync_buffers(run.accelerator, run.net)
     size = eval_batch_size(run.cfg.train)
     modules = [("model", run.net)] + ([("ema", run.ema.module)] if run.ema is not None else [])
-    return [(name, evaluate(m, run.data.eval_batches("val", size), run.accelerator), m) for name, m in modules]
+    tta = run.cfg.eval.tta
+    return [(name, evaluate(m, run.data.eval_batches("val", size), run.accelerator, tta=tta), m) for name, m in modules]
 
 
 def sync_buffers(accelerator, net: torch.nn.Module) -> None:

@@ -45,7 +45,7 @@ class SimpleMLP(nn.Module):
         for fan_in, fan_out in itertools.pairwise(sizes):
             layers += [nn.Linear(fan_in, fan_out), nn.ReLU(inplace=True), nn.Dropout(drop_rate)]
         self.body = nn.Sequential(*layers)
-        self.num_features = sizes[-1]
+        self.num_features, self.num_classes = sizes[-1], num_classes  # timm's attributes (save_for_hf reads them)
         self.head = nn.Linear(sizes[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ class SimpleCNN(nn.Module):
             nn.Flatten(),
             nn.Dropout(drop_rate),
         )
-        self.num_features = 2 * width * 16
+        self.num_features, self.num_classes = 2 * width * 16, num_classes
         self.head = nn.Linear(self.num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,8 +213,10 @@ def check_forward(model: nn.Module, in_chans: int, image_size: int, name: str) -
         model.train(was_training)
 
 
-def model_card(cfg: ModelConfig, model: nn.Module, spec, classes: list[str]) -> dict:
-    """Everything `load_model` needs to rebuild the network around exported weights, and to feed it."""
+def model_card(cfg: ModelConfig, model: nn.Module, spec, classes: list[str], from_disk: bool, tta: str) -> dict:
+    """Everything `load_model` needs to rebuild the network around exported weights, and to feed it as its
+    evaluation did (hw3.predict): images read from disk were resized to size / crop_pct and center-cropped, a split
+    held in memory was resized whole; the logits averaged over `tta`'s views."""
     return dict(
         name=cfg.name,
         num_classes=len(classes),
@@ -226,6 +228,8 @@ def model_card(cfg: ModelConfig, model: nn.Module, spec, classes: list[str]) -> 
         mean=list(spec.mean),
         std=list(spec.std),
         crop_pct=spec.crop_pct,
+        eval_resize="center_crop" if from_disk else "resize",
+        tta=tta,
         classes=classes,
     )
 

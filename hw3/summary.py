@@ -22,7 +22,8 @@ def test_best(run: Run) -> dict:
     if best.is_file():
         check_weights(best, best.with_name("model.json"))
         run.net.load_state_dict(load_file(str(best)))
-    result = evaluate(run.net, run.data.eval_batches("test", eval_batch_size(run.cfg.train)), run.accelerator)
+    batches = run.data.eval_batches("test", eval_batch_size(run.cfg.train))
+    result = evaluate(run.net, batches, run.accelerator, tta=run.cfg.eval.tta)
     return dict(
         test_acc=result["acc"], test_top5_acc=result["top5_acc"], test_loss=result["loss"], test_images=result["count"]
     )
@@ -79,6 +80,7 @@ def summary_of(run: Run, test: dict) -> dict:
         pretrained=bool(cfg.model.pretrained or cfg.model.pretrained_file),
         image_size=run.card["image_size"],
         optimizer=cfg.optim.name if cfg.optim.name != "sam" else f"sam({cfg.optim.base})",
+        tta=cfg.eval.tta,  # the test-time augmentation of the validation and test numbers above
         label_noise=cfg.data.label_noise,
         noisy_labels=run.data.src.noisy_labels,
     )

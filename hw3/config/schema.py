@@ -70,6 +70,8 @@ class OptimConfig:
     sam_batch_splits: int = 1  # sam: m-sharpness, each of m slices of a process's batch perturbed on its own
     looksam_alpha: float = 0.7  # looksam: weight of the stored orthogonal component, times ||g||
     fallback_lr: Optional[float] = None  # muon: lr of the AdamW-trained tensors (norms, biases, stem, head); null = lr
+    layer_decay: Optional[float] = None  # lr x this per layer below the head (timm's grouping, e.g. 0.75); null = off
+    head_lr_scale: float = 1.0  # lr multiplier of the classifier head (a new head on pretrained weights: 10)
 
 
 @dataclass
@@ -118,6 +120,7 @@ class TrainConfig:
     checkpoint_every_minutes: Optional[float] = 10.0  # also checkpoint every this many minutes; null = off
     collective_timeout_minutes: float = 10.0  # a collective waiting longer fails (hung peer); torch's default is 30
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    freeze_backbone_epochs: int = 0  # epochs (from 0) in which only the classifier head trains, BatchNorm frozen too
 
 
 @dataclass
@@ -126,6 +129,11 @@ class EarlyStopConfig:
     patience: Optional[int] = None  # epochs without improvement before stopping; null = never stop early
     min_delta: float = 0.0  # smallest change that counts as an improvement, in the monitor's units
     warmup_epochs: int = 0  # epochs before early stopping may fire
+
+
+@dataclass
+class EvalConfig:
+    tta: str = "none"  # test-time augmentation of validation, the test and hw3.evaluate: none, flip, flip_shift
 
 
 @dataclass
@@ -146,6 +154,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0  # seeds python, numpy and torch on every process
     output_dir: Optional[str] = None  # run dir; null = runs/<recipe stem> (runs/smoke/<stem> in smoke mode)

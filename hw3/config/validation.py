@@ -48,6 +48,9 @@ RULES = {
     "optim.momentum": between(0, 1),
     "optim.betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "give two values in [0, 1)"),
     "optim.rho": ((lambda v: v > 0), "must be > 0"),
+    "optim.layer_decay": between(0, 1, closed_low=False, closed_high=True),
+    "optim.head_lr_scale": ((lambda v: v > 0), "must be > 0"),
+    "train.freeze_backbone_epochs": at_least(0),
     "optim.sam_every": at_least(1),
     "optim.sam_batch_splits": at_least(1),
     "optim.looksam_alpha": at_least(0),
@@ -92,6 +95,7 @@ CHOICES = {
     "data.auto_augment": ("randaugment", "trivialaugment"),
     "sched.monitor": ("val_loss", "val_acc"),
     "optim.sam_variant": ("sam", "looksam", "momentum"),
+    "eval.tta": ("none", "flip", "flip_shift"),
     "train.lr_scaling": ("none", "linear", "sqrt"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.compile": (False, True, "default", "reduce-overhead", "max-autotune"),
@@ -124,6 +128,11 @@ def validate_config(cfg: Config) -> None:
         "train.grad_accum_steps: SAM needs the full-batch gradient for its perturbation; use 1 with optim.name=sam",
     )
     _check_sam_variants(cfg.optim)
+    _check(
+        cfg.optim.layer_decay is None or not cfg.optim.decay_norm_and_bias,
+        "optim.decay_norm_and_bias: timm's layer-wise grouping never decays norms and biases; use false with "
+        "optim.layer_decay",
+    )
     _check_names(cfg)
 
 

@@ -6,7 +6,7 @@ step adds the two-pass sharpness-aware update around it (hw3.optim.sam).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -22,14 +22,55 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, device: torch.device) ->
     """The optimizer `optim.name` names (for sam: its base), over `model`'s parameters, which live on `device`."""
     optimizer = OPTIMIZERS.get(cfg.name, "optim.name")(cfg, model, device)
     for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]  # the schedule scales this each step
+        # what the schedule scales each step: lr x the group's layer-wise (and head) scale
+        group["initial_lr"] = group["lr"] * group.get("lr_scale", 1.0)
     return optimizer
 
 
-def _timm(opt: str, cfg: OptimConfig, model: nn.Module, **kwargs) -> torch.optim.Optimizer:
+def head_parameters(model: nn.Module) -> set:
+    """The classifier's parameters (timm's pretrained_cfg names the module; hw3's own models too)."""
+    name = (getattr(model, "pretrained_cfg", {}) or {}).get("classifier")
+    if not name:
+        return set()
+    return set(model.get_submodule(name).parameters())
+
+
+def param_groups(cfg: OptimConfig, model: nn.Module, fallback: list[str]):
+    """timm's grouping: no weight decay on 1-D tensors (norms, biases) unless optim.decay_norm_and_bias; with
+    optim.layer_decay, lr scales per layer below the head (timm's group_matcher layers); with optim.head_lr_scale,
+    the classifier's tensors in groups of their own, their lr scale multiplied. Without either: the model, which
+    timm groups itself."""
+    if cfg.layer_decay is None and cfg.head_lr_scale == 1.0:
+        return model
+    from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
+
+    no_decay = getattr(model, "no_weight_decay", lambda: set())()
+    if cfg.layer_decay is not None:
+        groups = param_groups_layer_decay(model, cfg.weight_decay, no_decay, fallback, layer_decay=cfg.layer_decay)
+    else:
+        groups = param_groups_weight_decay(
+            model, cfg.weight_decay, not cfg.decay_norm_and_bias, no_decay, fallback_list=fallback
+        )
+    head, split = head_parameters(model), []
+    for group in groups:
+        for params, scale in (
+            ([p for p in group["params"] if p not in head], 1.0),
+            ([p for p in group["params"] if p in head], cfg.head_lr_scale),
+        ):
+            if params:
+                split.append({**group, "params": params, "lr_scale": group.get("lr_scale", 1.0) * scale})
+    return split
+
+
+def _timm(
+    opt: str, cfg: OptimConfig, model: nn.Module, fallback: Sequence[str] = (), **kwargs
+) -> torch.optim.Optimizer:
     # filter_bias_and_bn: no weight decay on 1-D tensors (norm weights, biases) unless the recipe wants it.
+    params = param_groups(cfg, model, list(fallback))
+    if isinstance(params, nn.Module) and fallback:
+        kwargs["fallback_list"] = list(fallback)
     return create_optimizer_v2(
-        model, opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=not cfg.decay_norm_and_bias, **kwargs
+        params, opt, lr=cfg.lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=not cfg.decay_norm_and_bias, **kwargs
     )
 
 
@@ -76,7 +117,7 @@ def muon(cfg: OptimConfig, model: nn.Module, device: torch.device) -> torch.opti
         model,
         momentum=cfg.momentum,
         betas=tuple(cfg.betas),
-        fallback_list=muon_fallback_patterns(model),
+        fallback=muon_fallback_patterns(model),
         fallback_lr_scale=fallback_lr / cfg.lr if cfg.lr > 0 else 1.0,
         capturable=device.type == "cuda",
     )
