@@ -35,6 +35,7 @@ from hw3.optim.nonfinite import BadSteps, DeviceSkippingEma, prime_momentum
 from hw3.optim.sam import SAM
 from hw3.optim.schedules import Layout, Schedule, build_schedule
 from hw3.tracking import Tracker, device_name
+from hw3.trial import TrialLink
 
 
 @dataclass(kw_only=True)
@@ -64,6 +65,7 @@ class Run:
     compile_guard: CompileGuard = field(default_factory=lambda: CompileGuard(None, True))
     cuda_graphs: bool = False  # torch.compile replays CUDA graphs: static batch shapes, outputs reused
     agreed_signal: int = 0  # the signal every process has seen (acted on at the next step boundary)
+    trial: Optional[TrialLink] = None  # the Optuna trial this run reports to (hw3.search), if it is one
     last_checkpoint: float = field(default_factory=time.monotonic)  # when the last checkpoint was saved
     checkpoint_due: bool = False  # train.checkpoint_every_minutes has passed (agreed at the last look)
 
@@ -164,6 +166,7 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path) -> Run:
         ema=ema,
         mixup=make_mixup(cfg.train, len(src.classes)),
         compile_guard=CompileGuard(compile_mode(cfg.train), accelerator.is_main_process),
+        trial=TrialLink.from_env(accelerator, cfg.train.epochs),
         cuda_graphs=cuda_graphs,
     )
 

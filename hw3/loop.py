@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import psutil
 import torch
@@ -49,8 +49,7 @@ def fit(run: Run) -> None:
         epoch = state.epoch
         metrics = train_one_epoch(run, epoch, batch_size_for(train_cfg, epoch))
         trained = state.batch  # batches of this epoch (all of them, unless train.max_steps cut it short)
-        if finish_epoch(run, epoch, metrics):
-            state.stopped = "early_stop"
+        state.stopped = finish_epoch(run, epoch, metrics)  # early stopping, or a trial the study prunes
         if train_cfg.max_steps is not None and state.step >= train_cfg.max_steps:
             state.stopped = state.stopped or "max_steps"
         state.wall_time_s += time.perf_counter() - started
@@ -341,8 +340,9 @@ def sync_buffers(accelerator, net: torch.nn.Module) -> None:
             torch.distributed.broadcast(buf, src=0)
 
 
-def finish_epoch(run: Run, epoch: int, train: dict) -> bool:
-    """Validate, keep the best weights, log, step the plateau schedule, decide early stopping (True: stop)."""
+def finish_epoch(run: Run, epoch: int, train: dict) -> Optional[str]:
+    """Validate, keep the best weights, log, step the plateau schedule, decide early stopping and, for a trial of
+    hw3.search, whether the study prunes it; returns why the run stops here ("early_stop", "pruned") or None."""
     crash_point("validation")
     results = evaluate_on_val(run)
     raw = results[0][1]
@@ -352,7 +352,9 @@ def finish_epoch(run: Run, epoch: int, train: dict) -> bool:
         row.update(ema_val_loss=results[1][1]["loss"], ema_val_acc=results[1][1]["acc"])
     improved = run.best.offer(epoch, results)
     best_of_epoch = max((metrics for _, metrics, _ in results), key=run.best.monitor.rank)
-    stop = run.early_stop.should_stop(epoch, best_of_epoch)
+    stop = "early_stop" if run.early_stop.should_stop(epoch, best_of_epoch) else None
+    if run.trial is not None and run.trial.should_stop(epoch, run.best.monitor.value(best_of_epoch)):
+        stop = "pruned"
     run.schedule.end_of_epoch(raw)
     run.state.history.append(row)
     run.state.epoch, run.state.batch = epoch + 1, 0

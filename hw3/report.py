@@ -168,6 +168,7 @@ def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
 
 
 def report_main(argv: Optional[Sequence[str]] = None) -> int:
+    from hw3.search_report import is_search_dir, report_search_dir
     from hw3.sweep_report import is_sweep_dir, write_sweep_report
 
     p = Parser(prog="python -m hw3.report", description=__doc__.split("\n\n")[0])
@@ -175,6 +176,13 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="the report (default runs/report.md; a sweep: its dir)")
     try:
         args = p.parse_args(argv)
+        searches = [d for d in args.run_dirs if is_search_dir(d)]
+        if searches:
+            if len(args.run_dirs) > 1:
+                raise UserError(f"{searches[0]} is a search dir: report it alone")
+            print(report_search_dir(searches[0]), end="")
+            print(f"wrote {searches[0] / 'search.json'}, {searches[0] / 'search.md'}")
+            return 0
         sweeps = [d for d in args.run_dirs if is_sweep_dir(d)]
         if sweeps:
             if len(args.run_dirs) > 1:

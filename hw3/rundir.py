@@ -213,11 +213,11 @@ def finished(cfg: Config, run_dir: Path, state: dict) -> Optional[Start]:
     """A Start that says "complete" when the newest checkpoint's `state` ends the run and its summary is written."""
     summary_file = run_dir / "summary.json"
     # (A run stopped on non-finite steps never checkpointed that stop: rerun, it retries from its last good state.)
-    ended = state["stopped"] == "early_stop" or state["epoch"] >= cfg.train.epochs
+    ended = state["stopped"] in ("early_stop", "pruned") or state["epoch"] >= cfg.train.epochs
     if not ended or not summary_file.is_file():
         return None
     summary = json.loads(summary_file.read_text())
-    how = "stopped early" if state["stopped"] == "early_stop" else "done"
+    how = {"early_stop": "stopped early", "pruned": "pruned by its study"}.get(state["stopped"], "done")
     best = summary.get(f"best_{cfg.early_stop.monitor}")
     test = f", test acc {summary['test_acc']:.2%}" if summary.get("test_acc") is not None else ""
     at = f"at epoch {summary.get('best_epoch')}"

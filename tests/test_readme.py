@@ -23,7 +23,13 @@ SWEEPS = [c for c in COMMANDS if c.startswith("python -m hw3.sweep")]
 
 def test_the_readme_has_the_commands_this_test_runs():
     kinds = {" ".join(shlex.split(c)[:3]) for c in COMMANDS}
-    assert {"python train.py --recipe", "python -m hw3.evaluate", "python -m hw3.report"} <= kinds
+    assert {
+        "python train.py --recipe",
+        "python -m hw3.evaluate",
+        "python -m hw3.report",
+        "python -m hw3.predict",
+    } <= kinds
+    assert "python -m hw3.export" in kinds
     assert any(c.startswith("accelerate launch --config_file") for c in COMMANDS)
 
 
@@ -37,14 +43,29 @@ def launch_in_smoke_mode(argv: list[str], cwd: Path) -> int:
     return done.returncode
 
 
+def write_your_digits(folder: Path) -> None:
+    """Stand-ins for the images a reader would classify with hw3.predict: three of scikit-learn's digits as PNGs."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    folder.mkdir()
+    digits = load_digits()
+    for i in range(3):
+        Image.fromarray(np.rint(digits.images[i] * 255 / 16).astype(np.uint8)).save(folder / f"{digits.target[i]}.png")
+
+
 def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
     from hw3.cli import main as train_main
     from hw3.evaluate import evaluate_main
+    from hw3.export import export_main
+    from hw3.predict import predict_main
     from hw3.report import report_main
 
     monkeypatch.chdir(tmp_path)
     for name in ("recipes", "accelerate_configs", "train.py"):
         (tmp_path / name).symlink_to(ROOT / name)
+    write_your_digits(tmp_path / "my_digits")
     assert train_main(shlex.split(QUICKSTART)[3:]) == 0, capsys.readouterr().err
     # The accelerate launches are separate processes that need nothing from each other: start them all now.
     launches = [c for c in COMMANDS if c.startswith("accelerate launch --config_file")]
@@ -59,6 +80,10 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
             code = evaluate_main(argv[3:])
         elif argv[:3] == ["python", "-m", "hw3.report"]:
             code = report_main(argv[3:])
+        elif argv[:3] == ["python", "-m", "hw3.predict"]:
+            code = predict_main(argv[3:])
+        elif argv[:3] == ["python", "-m", "hw3.export"]:
+            code = export_main(argv[3:])
         elif argv[:3] == ["accelerate", "launch", "--config_file"]:
             code = launched[command].result()  # done before the commands after it, which read its run dir
         elif argv[:3] == ["python", "-m", "hw3.sweep"]:

@@ -68,7 +68,7 @@ class OptimConfig:
     sam_variant: str = "sam"  # sam: sam (fresh ascent), looksam (reuse its orthogonal part), momentum (MSAM)
     sam_every: int = 1  # sam/looksam: a full two-pass step every this many steps, one pass in between
     sam_batch_splits: int = 1  # sam: m-sharpness, each of m slices of a process's batch perturbed on its own
-    looksam_alpha: float = 0.7  # looksam: weight of the stored orthogonal component, times ||g||
+    looksam_alpha: float = 0.2  # looksam: weight of the stored component, x ||g|| (0.2: README's study; paper: 0.7)
     fallback_lr: Optional[float] = None  # muon: lr of the AdamW-trained tensors (norms, biases, stem, head); null = lr
     layer_decay: Optional[float] = None  # lr x this per layer below the head (timm's grouping, e.g. 0.75); null = off
     head_lr_scale: float = 1.0  # lr multiplier of the classifier head (a new head on pretrained weights: 10)

@@ -138,7 +138,7 @@ def validate_config(cfg: Config) -> None:
 
 def _check_sam_variants(optim) -> None:
     """The SAM variants' keys, set only where they mean something, in combinations that exist."""
-    defaults = {"sam_variant": "sam", "sam_every": 1, "sam_batch_splits": 1, "looksam_alpha": 0.7}
+    defaults = {"sam_variant": "sam", "sam_every": 1, "sam_batch_splits": 1, "looksam_alpha": 0.2}
     changed = [k for k, v in defaults.items() if getattr(optim, k) != v]
     _check(optim.name == "sam" or not changed, f"optim.{changed[0] if changed else ''}: only with optim.name=sam")
     if optim.sam_variant == "momentum":
@@ -150,7 +150,7 @@ def _check_sam_variants(optim) -> None:
         "optim.sam_batch_splits: m-sharpness works with optim.sam_variant=sam",
     )
     _check(
-        optim.looksam_alpha == 0.7 or optim.sam_variant == "looksam",
+        optim.looksam_alpha == 0.2 or optim.sam_variant == "looksam",
         "optim.looksam_alpha: only with optim.sam_variant=looksam",
     )
 

@@ -201,7 +201,7 @@ def test_variant_keys_are_validated(override, message):
         (["optim.sam_variant=momentum", "optim.sam_every=3"], "optim.sam_every: momentum SAM takes one pass"),
         (["optim.sam_variant=momentum", "optim.adaptive=true"], "optim.adaptive: momentum SAM perturbs along"),
         (["optim.sam_variant=looksam", "optim.sam_batch_splits=2"], "optim.sam_batch_splits: m-sharpness works"),
-        (["optim.looksam_alpha=0.5"], "optim.looksam_alpha: only with optim.sam_variant=looksam"),
+        (["optim.looksam_alpha=0.7"], "optim.looksam_alpha: only with optim.sam_variant=looksam"),
         (["train.grad_accum_steps=2", "optim.sam_variant=looksam"], "train.grad_accum_steps: SAM needs"),
     ],
 )
