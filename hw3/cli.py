@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 from hw3.errors import LaunchError, UserError
@@ -56,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command = ["train.py", *(sys.argv[1:] if argv is None else argv)]  # as typed, for the run's records
         return train_recipe(cfg, args.recipe, command)
     except LaunchError as e:
-        if not e.quiet:
+        if not e.quiet or not wait_for_the_main_process():
             who = f"process {rank}: " if rank else ""
             print(f"error: {who}{one_line(str(e))}", file=sys.stderr)
         return e.exit_code
@@ -66,6 +67,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 128 + e.args[0]
     finally:
         SIGNALS.restore()
+
+
+def wait_for_the_main_process(seconds: float = 10.0) -> bool:
+    """A process that leaves an error to the main one must not exit first: torchrun ends every other process the
+    moment one exits, and would take the main one down before it said anything. So wait for the launcher to end
+    this one (True); if nobody has after `seconds` (another launcher, or the main process did not fail), False:
+    say it here."""
+    try:
+        time.sleep(seconds)
+    except Stopped:
+        return True
+    return False
 
 
 def one_line(message: str) -> str:

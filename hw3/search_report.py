@@ -125,6 +125,8 @@ def write_search_report(out: Path, study, metric: str) -> str:
         lines += [f"Best: trial {best['number']}, {metric} {best['value']:.4g} with {params} ({best['run_dir']})", ""]
     if summary["importance"]:
         lines += ["Importance (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items()), ""]
+    elif rows and rows[0]["params"]:  # say why, rather than leave the line out
+        lines += [f"Importance: not measured ({len(complete)} complete trials; fANOVA needs 2+ that differ)", ""]
     text = "\n".join(lines) + "\n" + search_table(rows, metric) + "\n![history](search_history.png)\n"
     (out / "search.md").write_text(text)
     return text

@@ -18,7 +18,8 @@ from helpers import ROOT, accelerate_bin, child_env
 BLOCKS = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
 QUICKSTART = BLOCKS[0].splitlines()[0].split("&&")[-1].strip()  # accelerate launch train.py --recipe ...
 COMMANDS = [line.split("  #")[0].strip() for block in BLOCKS[1:] for line in block.splitlines() if line.strip()]
-SWEEPS = [c for c in COMMANDS if c.startswith("python -m hw3.sweep")]
+SWEEPS = [c for c in COMMANDS if c.startswith("python -m hw3.sweep") and "--grid" in c]  # its table is in the README
+SHORT = ["train.epochs=2"]  # searches and the search's check: as written, but 2 epochs, 1 trial, 1 seed
 
 
 def test_the_readme_has_the_commands_this_test_runs():
@@ -28,6 +29,7 @@ def test_the_readme_has_the_commands_this_test_runs():
         "python -m hw3.evaluate",
         "python -m hw3.report",
         "python -m hw3.predict",
+        "python -m hw3.search",
     } <= kinds
     assert "python -m hw3.export" in kinds
     assert any(c.startswith("accelerate launch --config_file") for c in COMMANDS)
@@ -61,6 +63,8 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
     from hw3.export import export_main
     from hw3.predict import predict_main
     from hw3.report import report_main
+    from hw3.search import search_main
+    from hw3.sweep import sweep_main
 
     monkeypatch.chdir(tmp_path)
     for name in ("recipes", "accelerate_configs", "train.py"):
@@ -86,9 +90,12 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
             code = export_main(argv[3:])
         elif argv[:3] == ["accelerate", "launch", "--config_file"]:
             code = launched[command].result()  # done before the commands after it, which read its run dir
+        elif argv[:3] == ["python", "-m", "hw3.sweep"] and command in SWEEPS:
+            code = 0  # 9 runs: test_the_readmes_sweep_runs, marked slow, runs it as written
         elif argv[:3] == ["python", "-m", "hw3.sweep"]:
-            assert command in SWEEPS  # 9 runs: test_the_readmes_sweep_runs, marked slow, runs it as written
-            code = 0
+            code = sweep_main([*argv[3:], "--seeds", "1", *SHORT])
+        elif argv[:3] == ["python", "-m", "hw3.search"]:
+            code = search_main([*argv[3:], "--trials", "1", *SHORT])
         else:
             pytest.fail(f"README command not covered by this test: {command}")
         assert code == 0, f"{command}\n{capsys.readouterr().err}"
