@@ -3,6 +3,8 @@ bit for bit (metrics.jsonl and weights). Every checkpoint a crash leaves behind 
 run's checkpoint of the same name, or not look complete at all."""
 
 import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -26,12 +28,37 @@ STAGES = {
 }
 
 
+SCENARIOS = {
+    **{stage: [crash] for stage, crash in STAGES.items()},
+    "two crashes in a row": ["train_step:30", "validation:2"],
+}
+
+
+def crash_then_rerun(run_dir, crashes: list[str]) -> dict:
+    """Kill the run at each of `crashes` in turn (SIGKILL, from inside: HW3_CRASH_AT), keep a copy of what the last
+    crash left, then rerun the same command to the end."""
+    args = [*ARGS, f"output_dir={run_dir}"]
+    codes = [run_subprocess(args, cwd=ROOT, HW3_CRASH_AT=crash).code for crash in crashes]
+    shutil.copytree(run_dir, run_dir.with_name("after-the-crash"))
+    resumed = run_subprocess(args, cwd=ROOT)
+    return dict(crash_codes=codes, resumed=resumed)
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("crash") / "reference"
-    result = run_subprocess([*ARGS, f"output_dir={run_dir}"], cwd=ROOT)
-    assert result.code == 0, result.err[-3000:]
-    return run_dir
+def outcomes(tmp_path_factory):
+    """The uninterrupted reference and every scenario, two at a time (each child has one thread; two cores)."""
+    root = tmp_path_factory.mktemp("crash")
+
+    def reference():
+        result = run_subprocess([*ARGS, f"output_dir={root / 'reference'}"], cwd=ROOT)
+        assert result.code == 0, result.err[-3000:]
+        return root / "reference"
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ref = pool.submit(reference)
+        runs = {name: pool.submit(crash_then_rerun, root / f"s{i}" / "run", crashes)
+                for i, (name, crashes) in enumerate(SCENARIOS.items())}  # fmt: skip
+        return ref.result(), {name: (root / f"s{i}", run.result()) for i, (name, run) in enumerate(runs.items())}
 
 
 def tensors(folder, name="model.safetensors"):
@@ -46,26 +73,17 @@ def assert_checkpoints_match_reference(run_dir, reference):
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), f"{ckpt.name} differs from the reference"
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_kill_then_rerun_equals_the_uninterrupted_run(stage, reference, tmp_path):
-    args = [*ARGS, f"output_dir={tmp_path / 'run'}"]
-    crashed = run_subprocess(args, cwd=ROOT, HW3_CRASH_AT=STAGES[stage])
-    assert crashed.code == -9, crashed.err[-2000:]
-    assert_checkpoints_match_reference(tmp_path / "run", reference)
-    resumed = run_subprocess(args, cwd=ROOT)
-    assert resumed.code == 0, resumed.err[-3000:]
-    assert deterministic(read_metrics(tmp_path / "run")) == deterministic(read_metrics(reference))
-    assert_checkpoints_match_reference(tmp_path / "run", reference)
-    assert [p.name for p in list_checkpoints(tmp_path / "run")] == [p.name for p in list_checkpoints(reference)]
-    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
-    best, ref_best = tensors(tmp_path / "run" / "best"), tensors(reference / "best")
+@pytest.mark.parametrize("stage", SCENARIOS)
+def test_kill_then_rerun_equals_the_uninterrupted_run(stage, outcomes):
+    reference, scenarios = outcomes
+    folder, outcome = scenarios[stage]
+    assert outcome["crash_codes"] == [-9] * len(SCENARIOS[stage])
+    assert_checkpoints_match_reference(folder / "after-the-crash", reference)
+    assert outcome["resumed"].code == 0, outcome["resumed"].err[-3000:]
+    run = folder / "run"
+    assert deterministic(read_metrics(run)) == deterministic(read_metrics(reference))
+    assert_checkpoints_match_reference(run, reference)
+    assert [p.name for p in list_checkpoints(run)] == [p.name for p in list_checkpoints(reference)]
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    best, ref_best = tensors(run / "best"), tensors(reference / "best")
     assert all(torch.equal(best[k], ref_best[k]) for k in ref_best)
-
-
-def test_two_crashes_in_a_row(reference, tmp_path):
-    args = [*ARGS, f"output_dir={tmp_path / 'run'}"]
-    assert run_subprocess(args, cwd=ROOT, HW3_CRASH_AT="train_step:30").code == -9
-    assert run_subprocess(args, cwd=ROOT, HW3_CRASH_AT="validation:2").code == -9  # epoch 2's validation
-    assert run_subprocess(args, cwd=ROOT).code == 0
-    assert deterministic(read_metrics(tmp_path / "run")) == deterministic(read_metrics(reference))
-    assert_checkpoints_match_reference(tmp_path / "run", reference)

@@ -3,6 +3,7 @@ SIGTERM, the batch-size schedule, EMA/mixup, trackers, non-finite steps."""
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,41 +65,55 @@ def assert_same_run(a: Path, b: Path):
     )
 
 
+def stop_then_rerun(run_dir: Path, crash: str) -> tuple:
+    """Stop the run at `crash` (HW3_CRASH_AT), note the checkpoints it left, rerun the same command."""
+    args = ["--recipe", QUICK, *RICH, f"output_dir={run_dir}"]
+    stopped = run_subprocess(args, cwd=ROOT, HW3_CRASH_AT=crash)
+    left = [(p.name, json.loads((p / "trainer_state.json").read_text())) for p in list_checkpoints(run_dir)]
+    return stopped, left, run_subprocess(args, cwd=ROOT)
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("lifecycle") / "whole"
-    result = run_subprocess(["--recipe", QUICK, *RICH, f"output_dir={run_dir}"], cwd=ROOT)
-    assert result.code == 0, result.err[-3000:]
-    return run_dir
+def lifecycle(tmp_path_factory):
+    """The uninterrupted run, one SIGKILLed mid-epoch and one SIGTERMed mid-epoch, each rerun: two at a time
+    (each child has one thread; two cores)."""
+    root = tmp_path_factory.mktemp("lifecycle")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        whole = pool.submit(run_subprocess, ["--recipe", QUICK, *RICH, f"output_dir={root / 'whole'}"], cwd=ROOT)
+        killed = pool.submit(stop_then_rerun, root / "killed", "train_step:50")  # epoch 1 has steps 41..82
+        termed = pool.submit(stop_then_rerun, root / "termed", "train_step:60:TERM")
+        result = whole.result()
+        assert result.code == 0, result.err[-3000:]
+        return root, killed.result(), termed.result()
 
 
-def test_sigkill_mid_epoch_then_the_same_command_resumes_bit_for_bit(uninterrupted, tmp_path):
-    args = ["--recipe", QUICK, *RICH, f"output_dir={tmp_path / 'run'}"]
-    crashed = run_subprocess(args, cwd=ROOT, HW3_CRASH_AT="train_step:50")  # epoch 1 has steps 41..82
+@pytest.fixture(scope="module")
+def uninterrupted(lifecycle):
+    return lifecycle[0] / "whole"
+
+
+def test_sigkill_mid_epoch_then_the_same_command_resumes_bit_for_bit(lifecycle):
+    root, (crashed, left, resumed), _ = lifecycle
     assert crashed.code == -9
-    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch0000-batch000041"]  # 1,294 at 32
-    resumed = run_subprocess(args, cwd=ROOT)
+    assert [name for name, _ in left] == ["epoch0000-batch000041"]  # 1,294 at 32
     assert resumed.code == 0, resumed.err[-3000:]
     assert "resuming from" in resumed.out
-    assert_same_run(uninterrupted, tmp_path / "run")
+    assert_same_run(root / "whole", root / "killed")
 
 
-def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(uninterrupted, tmp_path):
-    args = ["--recipe", QUICK, *RICH, f"output_dir={tmp_path / 'run'}"]
-    stopped = run_subprocess(args, cwd=ROOT, HW3_CRASH_AT="train_step:60:TERM")
+def test_sigterm_saves_mid_epoch_and_the_resume_is_exact(lifecycle):
+    root, _, (stopped, left, resumed) = lifecycle
     assert stopped.code == 128 + 15, stopped.err[-3000:]
     assert stopped.err.strip().endswith(
-        f"stopped by SIGTERM at epoch 1 batch 19; checkpoint {tmp_path / 'run/checkpoints/epoch0001-batch000019'} "
+        f"stopped by SIGTERM at epoch 1 batch 19; checkpoint {root / 'termed/checkpoints/epoch0001-batch000019'} "
         "saved; rerun the same command to continue"
     )
     assert "Traceback" not in stopped.err
-    newest = list_checkpoints(tmp_path / "run")[-1]
-    assert newest.name == "epoch0001-batch000019"  # 41 steps in epoch 0, 19 of epoch 1
-    state = json.loads((newest / "trainer_state.json").read_text())
+    name, state = left[-1]
+    assert name == "epoch0001-batch000019"  # 41 steps in epoch 0, 19 of epoch 1
     assert state["train"]["batch"] == 19 and state["processes"][0]["epoch"]["count"] == 19 * 32
-    resumed = run_subprocess(args, cwd=ROOT)
     assert resumed.code == 0, resumed.err[-3000:]
-    assert_same_run(uninterrupted, tmp_path / "run")
+    assert_same_run(root / "whole", root / "termed")
 
 
 def test_the_rich_run_logs_its_batch_sizes(uninterrupted):

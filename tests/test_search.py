@@ -30,10 +30,14 @@ def search(out, *args, trials=4, **kwargs):
     return search_main([*flags, "--out", str(out), *args, *COMMON])
 
 
-def study_of(out: Path, name="hw3"):
+def open_storage_of(out: Path):
     from hw3.trial import open_storage
 
-    return optuna.load_study(study_name=name, storage=open_storage(f"journal:{(out / 'study.journal').resolve()}"))
+    return open_storage(f"journal:{(out / 'study.journal').resolve()}")
+
+
+def study_of(out: Path, name="hw3"):
+    return optuna.load_study(study_name=name, storage=open_storage_of(out))
 
 
 @pytest.mark.parametrize(
@@ -110,6 +114,31 @@ def test_a_killed_search_continues_and_resumes_the_trial_it_was_running(tmp_path
     assert [t.state.name for t in study_of(out).get_trials()] == ["COMPLETE", "COMPLETE"]
     launches = (out / "trial-0000" / "command.txt").read_text()
     assert launches.count("argv: ") == 2 and "(resumed from " in launches  # the same run, from its checkpoint
+
+
+def test_a_trial_the_pruner_stops_is_recorded_as_pruned(tmp_path, capsys):
+    """Two finished trials of the study reached 1.0 at every epoch; at lr 1e-4 the search's own trial cannot
+    (a 2-epoch MLP on the digits), so the median pruner (which waits one epoch) stops it after its second."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    out = tmp_path / "pruned"
+    out.mkdir()
+    study = optuna.create_study(study_name="hw3", storage=open_storage_of(out), direction="maximize")
+    for _ in range(2):
+        lr = FloatDistribution(1e-4, 1e-3, log=True)
+        study.add_trial(create_trial(value=1.0, params={"optim.lr": 1e-4}, distributions={"optim.lr": lr},
+                                     intermediate_values={e: 1.0 for e in range(4)}))  # fmt: skip
+    args = ["--recipe", QUICK, "--param", "optim.lr={log_uniform: [1.0e-4, 1.0e-3]}", "--trials", "3"]
+    assert search_main([*args, "--pruner", "median", "--out", str(out), *COMMON]) == 0
+    assert "trial 2: pruned after 2 epoch(s)" in capsys.readouterr().out
+    trial = study_of(out).get_trials()[2]
+    summary = read_summary(out / "trial-0002")
+    assert trial.state.name == "PRUNED" and summary["stopped_reason"] == "pruned" and summary["epochs_completed"] == 2
+    assert len(trial.intermediate_values) == 2 and (out / "trial-0002/best/model.safetensors").is_file()
+    row = [line for line in (out / "search.md").read_text().splitlines() if line.startswith("| 2 |")]
+    cells = row[0].split(" | ")
+    assert cells[:2] == ["| 2", "pruned"] and cells[-2] == "2"  # the epochs it ran
 
 
 def test_a_failed_trial_is_recorded_with_its_reason(tmp_path):

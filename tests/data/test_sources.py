@@ -231,11 +231,11 @@ def test_a_small_cnn_learns_mnist_5k(tmp_path):
             QUICK,
             "data.name=mnist",
             f"data.root={tmp_path / 'data'}",
-            "train.epochs=15",
+            "train.epochs=5",
             f"output_dir={tmp_path / 'run'}",
         ],
         cwd=tmp_path,
-        timeout=1800,  # a safety net only: about 45 s on one thread of an idle core
+        timeout=1800,  # a safety net only: about 20 s on one thread of an idle core
     )
     assert result.code == 0, result.err[-2000:]
-    assert read_summary(tmp_path / "run")["test_acc"] >= 0.97
+    assert read_summary(tmp_path / "run")["test_acc"] >= 0.965  # 97.1% (seeds 1, 2: 96.7%, 96.8%; a chance: 10%)
