@@ -115,7 +115,7 @@ class TrainConfig:
     overwrite: bool = False  # with resume=never: replace an existing run dir
     keep_last: int = 2  # rolling checkpoints kept, mid-epoch ones included (the best weights are kept apart)
     # Mid-epoch checkpoints bound what a crash costs. Every 10 minutes costs < 0.1% even for ResNet-50-sized states
-    # (a save with its manifest takes about 0.3 s there; BENCHMARKS.md), and a crash loses at most those minutes.
+    # (a save with its manifest takes 0.37 s there; BENCHMARKS.md), and a crash loses at most those minutes.
     checkpoint_every_steps: Optional[int] = None  # also checkpoint every this many optimizer steps; null = off
     checkpoint_every_minutes: Optional[float] = 10.0  # also checkpoint every this many minutes; null = off
     collective_timeout_minutes: float = 10.0  # a collective waiting longer fails (hung peer); torch's default is 30
