@@ -186,6 +186,17 @@ def write_model_card(run_dir: Path, card: dict, out: Path) -> None:
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
+def fresh_folder(out: Path) -> None:
+    """An empty `out`: an earlier export there (it holds export.json, written first) is replaced; anything else
+    that is not empty is refused, never deleted."""
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / "export.json").is_file()):
+            raise UserError(f"--out: {out} exists and is not an hw3 export; give a new or empty folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "export.json").write_text(json.dumps(dict(status="started")))  # marks the folder as an export's
+
+
 def export_main(argv: Optional[Sequence[str]] = None) -> int:
     from hw3.models import load_model
 
@@ -195,9 +206,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
         card = model.hw3_card
         x = sample_images(args.run_dir, card, args.overrides)
         out = args.out or args.run_dir / "export" / args.format
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
+        fresh_folder(out)
         if args.format == "onnx":
             difference = export_onnx(model, x, out, args.opset)
         elif args.format == "torchscript":

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from hw3.cli import Parser, one_line
+from hw3.config.validation import CHOICES
 from hw3.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -38,7 +39,7 @@ def parse_predict_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="write the predictions here (.csv or .json)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tta", choices=["none", "flip", "flip_shift"], help="default: what the run evaluated with")
+    p.add_argument("--tta", choices=CHOICES["eval.tta"], help="default: what the run evaluated with")
     args = p.parse_args(argv)
     if not args.images and args.folder is None:
         raise UserError("give image files, or --folder DIR")

@@ -23,7 +23,6 @@ import json
 import os
 import shlex
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -226,6 +225,8 @@ class Worker:
 
 def launch_trial(args, trial, storage: str, env: dict) -> int:
     """The trial's run, as hw3.sweep launches runs (or through --launcher), its output appended to DIR/logs/."""
+    from hw3.sweep import run_logged
+
     run_dir = Path(trial.user_attrs["run_dir"])
     items = [*args.overrides, *(f"{k}={v}" for k, v in trial.params.items())]
     items += [f"early_stop.monitor={args.metric}", f"output_dir={run_dir}"]
@@ -233,23 +234,20 @@ def launch_trial(args, trial, storage: str, env: dict) -> int:
     cmd += ["--recipe", args.recipe, *items]
     link = dict(HW3_STUDY_STORAGE=storage, HW3_STUDY_NAME=args.study, HW3_TRIAL_ID=str(trial._trial_id))
     env = {**env, **link, "HW3_STUDY_PRUNER": args.pruner}
-    with open(args.out / "logs" / f"{run_dir.name}.log", "a") as log:
-        log.write(f"\n# {time.strftime('%Y-%m-%dT%H:%M:%S')} search pid {os.getpid()}: {shlex.join(cmd)}\n")
-        log.flush()
-        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    return run_logged(cmd, args.out / "logs" / f"{run_dir.name}.log", env, "search")
 
 
 def tell(study, trial, code: int, metric: str) -> str:
     """Record how the trial ended: complete (its best monitored value), pruned, or failed with the reason."""
     import optuna
 
+    from hw3.sweep import last_logged_line
+
     run_dir = Path(trial.user_attrs["run_dir"])
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if code == 0 and summary_file.is_file() else None
     if summary is None or summary.get(f"best_{metric}") is None:
-        log = (run_dir.parent / "logs" / f"{run_dir.name}.log").read_text(errors="replace").split("\n# ")[-1]
-        lines = [line for line in log.splitlines()[1:] if line.strip()]
-        reason = lines[-1] if lines else f"exit {code}"
+        reason = last_logged_line(run_dir.parent / "logs" / f"{run_dir.name}.log") or f"exit {code}"
         trial.set_user_attr("fail_reason", reason)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return f"failed (exit {code}): {reason}"

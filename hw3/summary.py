@@ -66,7 +66,7 @@ def summary_of(run: Run, test: dict) -> dict:
         stopped_epoch=len(state.history) - 1 if state.stopped else None,
         **test,
         wall_time_s=state.wall_time_s,
-        passes=state.image_passes / len(run.data.src.train),  # forward/backward passes over the training split
+        passes=state.image_passes / run.data.num_train,  # forward/backward passes over the training split
         train_time_s=state.train_time_s,
         optimizer_steps=state.step,
         skipped_steps=state.skipped_steps,

@@ -125,6 +125,11 @@ def combination_name(params: dict) -> str:
     return "_".join(parts) or "recipe"
 
 
+def dimensions(grid: dict, strategies: dict) -> dict[str, list]:
+    """What a sweep varies, as its table's columns: the strategy (when there are strategies), then the grid's keys."""
+    return {"strategy": list(strategies), **grid} if strategies else grid
+
+
 def plan(
     recipe: str, grid: dict, seeds: int, out: Path, overrides: Sequence[str], strategies: Optional[dict] = None
 ) -> list[PlannedRun]:
@@ -132,7 +137,7 @@ def plan(
     from hw3.config import load_config
 
     strategies = strategies or {}
-    dims = {"strategy": list(strategies), **grid} if strategies else grid
+    dims = dimensions(grid, strategies)
     runs = []
     for values in itertools.product(*dims.values()):
         params = dict(zip(dims, values, strict=True))
@@ -231,22 +236,31 @@ def run_all(recipe: str, runs: list[PlannedRun], out: Path, parallel: int) -> in
 
 
 def launch(recipe: str, run: PlannedRun, out: Path, env: dict, held: RunDirLock) -> int:
-    """One run as `python -m hw3.cli`, handed the run-dir lock this sweep holds for it, its output appended to
-    DIR/logs/<run>.log under a header for this launch."""
-    cmd = command(recipe, run)
-    with open(out / "logs" / f"{run.name}.log", "a") as log:
-        log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} sweep pid {os.getpid()}: ")
+    """One run as `python -m hw3.cli`, handed the run-dir lock this sweep holds for it."""
+    env = {**env, INHERITED_LOCK: str(held.fd)}
+    return run_logged(command(recipe, run), out / "logs" / f"{run.name}.log", env, "sweep", [held.fd])
+
+
+def run_logged(cmd: list[str], log_path: Path, env: dict, who: str, pass_fds: Sequence[int] = ()) -> int:
+    """Run `cmd`, its output appended to `log_path` under a header for this launch (hw3.sweep's and hw3.search's
+    runs); returns its exit status."""
+    with open(log_path, "a") as log:
+        log.write(f"\n# {datetime.datetime.now().isoformat(timespec='seconds')} {who} pid {os.getpid()}: ")
         log.write(shlex.join(cmd) + "\n")
         log.flush()
-        env = {**env, INHERITED_LOCK: str(held.fd)}
-        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=[held.fd]).returncode
+        return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds).returncode
+
+
+def last_logged_line(log_path: Path) -> Optional[str]:
+    """The last line the newest launch in `log_path` printed (its error, when it failed)."""
+    text = log_path.read_text(errors="replace")
+    lines = [line for line in text.split("\n# ")[-1].splitlines()[1:] if line.strip()]  # this launch's part
+    return lines[-1] if lines else None
 
 
 def outcome(out: Path, run: PlannedRun, code: int) -> str:
     if code != 0:
-        text = (out / "logs" / f"{run.name}.log").read_text(errors="replace")
-        lines = [line for line in text.split("\n# ")[-1].splitlines()[1:] if line.strip()]  # this launch's part
-        return f"failed (exit {code}): {lines[-1] if lines else 'no output'}"
+        return f"failed (exit {code}): {last_logged_line(out / 'logs' / f'{run.name}.log') or 'no output'}"
     summary = json.loads((out / run.name / "summary.json").read_text())
     test = f", test acc {summary['test_acc']:.2%}" if summary.get("test_acc") is not None else ""
     return f"done, best val acc {summary['best_val_acc']:.2%}{test}"
@@ -294,9 +308,12 @@ def sweep_main(argv: Optional[Sequence[str]] = None) -> int:
         strategies = parse_strategies(args.strategy, grid, args.overrides)
         runs = plan(args.recipe, grid, args.seeds, args.out, args.overrides, strategies)
         args.out.mkdir(parents=True, exist_ok=True)
-        shown = {"strategy": list(strategies), **grid} if strategies else grid  # the table's columns
         plan_record = dict(
-            recipe=args.recipe, grid=shown, strategies=strategies, seeds=args.seeds, runs=[asdict(r) for r in runs]
+            recipe=args.recipe,
+            grid=dimensions(grid, strategies),
+            strategies=strategies,
+            seeds=args.seeds,
+            runs=[asdict(r) for r in runs],
         )
         (args.out / PLAN_FILE).write_text(json.dumps(plan_record, indent=1))
         if args.print_commands:

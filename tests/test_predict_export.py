@@ -94,6 +94,20 @@ def test_an_export_is_verified_against_pytorch(folder_run, tmp_path, capsys, fmt
     assert difference < 1e-4
 
 
+def test_an_export_replaces_an_earlier_export_but_never_a_folder_of_yours(folder_run, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert export_main([str(folder_run / "run"), "--format", "torchscript", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --out: {out} exists and is not an hw3 export; give a new or empty folder\n"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    again = tmp_path / "again"
+    for _ in range(2):  # the second export replaces the first
+        assert export_main([str(folder_run / "run"), "--format", "torchscript", "--out", str(again)]) == 0
+    assert sorted(p.name for p in again.iterdir()) == ["export.json", "model.pt"]
+
+
 def test_the_hub_folder_loads_with_timm_alone(folder_run, tmp_path):
     """What `timm.create_model("hf-hub:USER/NAME", pretrained=True)` does after downloading the folder, done on
     the folder itself (timm's local-dir source, and pretrained_cfg_overlay with the weights file)."""
