@@ -7,7 +7,10 @@ python train.py --recipe recipes/quickstart.yaml --print-config
 
 import sys
 
-from hw3.cli import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        from hw3.cli.train import program  # light: it installs the signal handlers before the heavy imports
+    except KeyboardInterrupt:  # Ctrl-C in the first milliseconds, before hw3 had a handler
+        print("stopped by SIGINT during start-up, before the run was set up", file=sys.stderr)
+        sys.exit(130)
+    program()

@@ -16,16 +16,16 @@ import time
 from functools import partial
 from pathlib import Path
 
-from hw3.build import build_run, make_accelerator
-from hw3.checkpoint import save_checkpoint
-from hw3.config import load_config
-from hw3.loop import train_one_epoch
-from hw3.storage import crc32, verify
+from hw3.engine.build import build_run, make_accelerator
+from hw3.engine.loop import train_one_epoch
+from hw3.engine.recipe import load_recipe
+from hw3.runs.checkpoints import save_checkpoint
+from hw3.storage.manifest import crc32, verify
 
 
 def run_for(model: str, run_dir: Path):
     size = 224 if model == "resnet50" else 32
-    cfg = load_config(
+    cfg = load_recipe(
         None,
         [
             "data.name=synthetic",

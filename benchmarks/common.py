@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from hw3.build import build_run, make_accelerator
-from hw3.config import load_config
-from hw3.loop import train_one_epoch
+from hw3.engine.build import build_run, make_accelerator
+from hw3.engine.loop import train_one_epoch
+from hw3.engine.recipe import load_recipe
 
 
 def hw3_run(overrides: list[str], run_dir: Path | None = None):
     """A Run exactly as `train.py` builds it (synthetic data, no trackers), in a throwaway run dir."""
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="hw3-bench-"))
-    cfg = load_config(
+    cfg = load_recipe(
         None,
         [
             "data.name=synthetic",
@@ -38,7 +38,7 @@ def sync(device) -> None:
 
 
 def time_hw3_epoch(r, epoch: int) -> float:
-    """Seconds for one training epoch through hw3.loop.train_one_epoch (what train.py runs)."""
+    """Seconds for one training epoch through hw3.engine.loop.train_one_epoch (what train.py runs)."""
     r.state.batch = 0
     r.sums.reset()
     sync(r.accelerator.device)
@@ -68,7 +68,7 @@ def resized_data(run, image_size: int, n: int, channels_last: bool):
     recipe does."""
     from hw3.config import DataConfig
     from hw3.data import Data, InputSpec
-    from hw3.data.sources import synthetic
+    from hw3.data.bundled import synthetic
 
     src = synthetic(DataConfig(name="synthetic", image_size=32, max_train_samples=n, max_eval_samples=64))
     spec = InputSpec(image_size, 3, [0.5] * 3, [0.25] * 3)

@@ -19,7 +19,7 @@ from pathlib import Path
 def worker(url: str, trials: int, epochs: int, errors) -> None:
     import optuna
 
-    from hw3.trial import open_storage
+    from hw3.storage.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     for _ in range(trials):
@@ -37,7 +37,7 @@ def worker(url: str, trials: int, epochs: int, errors) -> None:
 def measure(url: str, workers: int, trials: int, epochs: int) -> tuple[int, list[str], float]:
     import optuna
 
-    from hw3.trial import open_storage
+    from hw3.storage.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     optuna.create_study(study_name="bench", storage=open_storage(url))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from common import alternate, hw3_run, median, resized_data, sync, time_hw3_epoch
 
-from hw3.models import build_model
+from hw3.models.build import build_model
 
 
 def hand_setup(run, mode: str | None, channels_last: bool):

@@ -10,7 +10,7 @@ from helpers import Result
 @pytest.fixture
 def train(capsys):
     """Call the CLI's main() in this process: the same code path as train.py, minus interpreter start-up."""
-    from hw3.cli import main
+    from hw3.cli.train import main
 
     def _train(*args) -> Result:
         code = main([str(a) for a in args])

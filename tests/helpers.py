@@ -28,6 +28,35 @@ METRIC_KEYS = (
     "images_per_s",
 )
 
+# The contract's columns that do not depend on wall-clock time, plus two more.
+DETERMINISTIC = tuple(k for k in METRIC_KEYS if k not in ("epoch_time_s", "images_per_s")) + (
+    "grad_norm",
+    "skipped_steps",
+)
+# Every stateful feature at once: EMA, mixup (numpy RNG), label smoothing, augmentation in DataLoader workers,
+# a batch-size schedule with lr scaling, a plateau schedule, early-stopping counters.
+RICH = [
+    "train.epochs=4",
+    "train.ema_decay=0.9",
+    "train.mixup=0.2",
+    "train.label_smoothing=0.1",
+    "data.augment=crop_flip",
+    "data.crop_padding=1",
+    "data.loader=dataloader",
+    "data.num_workers=2",
+    "train.batch_size_schedule={0: 32, 2: 64}",
+    "train.lr_scaling=sqrt",
+    "sched.name=plateau",
+    "sched.patience=0",
+    "early_stop.patience=10",
+    "log.trackers=[]",
+]
+
+
+def deterministic(rows):
+    return [{k: r[k] for k in DETERMINISTIC} for r in rows]
+
+
 # Tests never reach a network: the Hub and WandB are offline, and accelerate's trackers stay local.
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",
@@ -84,18 +113,18 @@ def read_summary(run_dir: Path) -> dict:
 
 def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
     """A Run around `model` with just what a training step touches (no data, no run dir, no trackers), so a test can
-    drive hw3.loop.train_step directly (see `step`). `scaler_scale` gives it a real fp16 GradScaler on the CPU
+    drive hw3.engine.step.train_step directly (see `step`). `scaler_scale` gives it a real fp16 GradScaler on the CPU
     (accelerate only creates one with CUDA), so loss scaling is exercised without autocast."""
     import torch
     from accelerate import Accelerator
 
-    from hw3.build import Run, make_loss
-    from hw3.checkpoint import TrainState
     from hw3.config import Config, OptimConfig, TrainConfig
-    from hw3.epoch_sums import EpochSums
+    from hw3.engine.build import Run, make_loss
+    from hw3.engine.sums import EpochSums
     from hw3.optim import build_optimizer
     from hw3.optim.nonfinite import BadSteps, prime_momentum
     from hw3.optim.sam import SAM
+    from hw3.runs.state import TrainState
 
     cfg = Config(optim=optim_cfg or OptimConfig(name="sgd", lr=0.1, momentum=0.0), train=train_cfg or TrainConfig())
     accelerator = Accelerator(cpu=True)
@@ -127,7 +156,7 @@ def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
 
 def step(run, *micro_batches, measure_norm=True) -> None:
     """One hw3 optimizer step on (x, y) batches: one, or several accumulated with weights by size."""
-    from hw3.loop import train_step
+    from hw3.engine.step import train_step
 
     total = sum(len(y) for _, y in micro_batches)
     last = len(micro_batches) - 1
@@ -159,24 +188,25 @@ def script_validation(monkeypatch, per_epoch: list[dict]) -> None:
 
     Training itself runs for real (the weights change every epoch), so a test can check which epoch's weights
     the loop kept; only what the loop *sees* of validation is scripted."""
-    import hw3.loop
+    import hw3.engine.loop
 
     def scripted(run):
         modules = {"model": run.net, "ema": run.ema.module if run.ema is not None else None}
         results = per_epoch[run.state.epoch]
         return [(source, dict(acc=acc, loss=loss, count=1), modules[source]) for source, (acc, loss) in results.items()]
 
-    monkeypatch.setattr(hw3.loop, "evaluate_on_val", scripted)
+    monkeypatch.setattr(hw3.engine.loop, "evaluate_on_val", scripted)
 
 
 class Killed(BaseException):
     """Stands in for SIGKILL in an in-process run: nothing after the crash point runs."""
 
 
-def kill_at(monkeypatch, point: str, nth: int) -> None:
-    """Abort the run the nth time it reaches crash point `point` (see hw3.faults)."""
-    import hw3.checkpoint
-    import hw3.loop
+def at_crash_point(monkeypatch, point: str, nth: int, action) -> None:
+    """Call `action()` the nth time the run reaches crash point `point` (hw3.dist.faults), in whichever module it
+    is reached: every module that imported crash_point gets this one instead."""
+    import hw3.dist.faults
+    import hw3.engine.session  # noqa: F401 - it imports every module with a crash point
 
     seen = {"n": 0}
 
@@ -184,7 +214,17 @@ def kill_at(monkeypatch, point: str, nth: int) -> None:
         if name == point:
             seen["n"] += 1
             if seen["n"] == nth:
-                raise Killed(f"{point}:{nth}")
+                action()
 
-    for module in (hw3.loop, hw3.checkpoint):
-        monkeypatch.setattr(module, "crash_point", crash)
+    for module in list(sys.modules.values()):
+        if getattr(module, "crash_point", None) is hw3.dist.faults.crash_point and module is not hw3.dist.faults:
+            monkeypatch.setattr(module, "crash_point", crash)
+
+
+def kill_at(monkeypatch, point: str, nth: int) -> None:
+    """Abort the run the nth time it reaches crash point `point` (hw3.dist.faults)."""
+
+    def kill():
+        raise Killed(f"{point}:{nth}")
+
+    at_crash_point(monkeypatch, point, nth, kill)

@@ -58,13 +58,13 @@ def write_your_digits(folder: Path) -> None:
 
 
 def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
-    from hw3.cli import main as train_main
-    from hw3.evaluate import evaluate_main
-    from hw3.export import export_main
-    from hw3.predict import predict_main
-    from hw3.report import report_main
-    from hw3.search import search_main
-    from hw3.sweep import sweep_main
+    from hw3.cli.evaluate import main as evaluate_main
+    from hw3.cli.export import main as export_main
+    from hw3.cli.predict import main as predict_main
+    from hw3.cli.report import main as report_main
+    from hw3.cli.search import main as search_main
+    from hw3.cli.sweep import main as sweep_main
+    from hw3.cli.train import main as train_main
 
     monkeypatch.chdir(tmp_path)
     for name in ("recipes", "accelerate_configs", "train.py"):
@@ -111,7 +111,7 @@ def test_the_readmes_recipe_block_is_the_quickstart_recipe():
 @pytest.mark.slow
 def test_the_readmes_sweep_runs(tmp_path, monkeypatch, capsys):
     """The README's sweep, as written: 3 optimizers x 3 seeds on the digits, and the table it printed."""
-    from hw3.sweep import sweep_main
+    from hw3.cli.sweep import main as sweep_main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")

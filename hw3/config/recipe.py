@@ -1,7 +1,8 @@
 """Reading a recipe: YAML (1.2 rules) plus `key=value` overrides, strictly, into the tree of hw3.config.schema.
 
 Loading is strict: an unknown key is an error with the nearest valid key suggested, and every value is coerced to
-its field's declared type, so `1e-3` is the float 0.001 and `no` stays the string "no".
+its field's declared type, so `1e-3` is the float 0.001 and `no` stays the string "no". What values a section
+allows is its component's business (hw3.engine.recipe.load_recipe runs every component's check).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from hw3.config.names import did_you_mean
 from hw3.config.schema import Config, passes_per_step
-from hw3.config.validation import validate_config
 from hw3.errors import UserError
-from hw3.registry import did_you_mean
 
 # ----------------------------------------------------------------------------------------------------------
 # YAML: PyYAML speaks YAML 1.1, where `no` is False, `1e-3` is a string and `010` is 8. Recipes are read with
@@ -225,12 +225,12 @@ def build_section(cls: type, raw: Any, prefix: str = "") -> Any:
 
 
 def load_config(recipe: Optional[str], overrides: list[str] = ()) -> Config:
-    """The resolved, validated recipe: defaults < recipe file < `key=value` overrides."""
+    """The recipe as typed: defaults < recipe file < `key=value` overrides, each value of its field's type (the
+    components check what the values allow: hw3.engine.recipe.load_recipe)."""
     raw = read_recipe(recipe) if recipe else {}
     for item in overrides:
         apply_override(raw, item)
     cfg = build_section(Config, raw)
-    validate_config(cfg)
     cfg = with_budget(cfg)
     return smoke_variant(cfg) if cfg.smoke else cfg
 
@@ -250,9 +250,9 @@ SMOKE_BATCH = 4  # per process: enough for BatchNorm, small enough for a ResNet-
 
 
 def smoke_variant(cfg: Config) -> Config:
-    """The recipe shrunk to a check of its code path: 2 steps at a tiny batch on synthetic data of its shape
-    (hw3.data.sources.smoke_source), random weights, no trackers, no compile; the model, optimizer, schedule,
-    precision and augmentation are the recipe's."""
+    """The recipe shrunk to a check of its code path: one epoch of 2 steps at a tiny batch on synthetic data of its
+    shape (hw3.data.sources.smoke_source), validated and tested; random weights, no trackers, no compile; the model,
+    optimizer, schedule, precision and augmentation are the recipe's."""
     batch = SMOKE_BATCH * max(1, int(os.environ.get("WORLD_SIZE", "1")))
     return dataclasses.replace(
         cfg,
@@ -265,7 +265,6 @@ def smoke_variant(cfg: Config) -> Config:
             batch_size=batch,
             batch_size_schedule=None,
             grad_accum_steps=1,
-            max_steps=SMOKE_STEPS,
             compile=False,
             eval_batch_size=batch,
         ),

@@ -1,7 +1,7 @@
 """What every recipe key means: a tree of dataclasses, one comment per field with its unit.
 
 Components receive their own section (`cfg.optim`), never the whole tree. Reading YAML into this tree is
-hw3.config.recipe; the ranges and choices each key allows are hw3.config.validation.
+hw3.config.recipe; the ranges and choices each key allows are checked by the component that uses the section.
 """
 
 from __future__ import annotations
@@ -100,7 +100,10 @@ class TrainConfig:
     batch_size_schedule: Optional[dict[int, int]] = None  # {first epoch (from 0): global batch size}
     lr_scaling: str = "none"  # couple lr to the scheduled batch size: none, linear, sqrt
     grad_accum_steps: int = 1  # forwards per optimizer step
-    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs, benchmarks)
+    # A limit of one launch, not the run's length: after the run's N-th optimizer step (counted over all launches)
+    # the launch checkpoints and stops, as SIGTERM would; the lr schedule and train.epochs ignore it, so the same
+    # command without it (or with a larger one) continues and ends bit for bit where an uninterrupted run does.
+    max_steps: Optional[int] = None  # optimizer steps of the run after which this launch stops; null = no limit
     max_grad_norm: Optional[float] = None  # clip the global gradient L2 norm; null = no clipping
     mixed_precision: Optional[str] = None  # no, fp16, bf16; null = whatever `accelerate launch` says
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)

@@ -1,4 +1,10 @@
-"""The input pipeline: a dataset from the registry, the model's input spec, and ready-to-use batches."""
+"""The input pipeline: where images come from (sources: one builder per `data.name`, torchvision's datasets, image
+folders, the Hub; small same-size sets decoded once into memory through a cache), how they are augmented
+(transforms), and how each process gets its batches (loaders); here, the model's input spec and `Data`, the
+train / val / test batches of one process. `check_data` checks the recipe's `data` section.
+
+It may import hw3.errors, hw3.config and hw3.storage; torchvision and `datasets` are imported where they are used.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,51 @@ from typing import Iterator, Optional
 import torch
 
 from hw3.config import DataConfig
+from hw3.config.rules import at_least, between, check_section, require
+from hw3.data import bundled, hub_datasets, image_folders, torchvision_datasets  # noqa: E402, F401, I001 (they register)
 from hw3.data.loaders import DeviceLoader, SampleDataset, WorkerLoader, eval_positions, train_positions
-from hw3.data.sources import Source, Split, load_source
-from hw3.data.transforms import CROPS, FLIPS, InputStage, auto_augment, channel_stats, draw, photo_transform
+from hw3.data.sources import DATASETS, Source, Split, load_source
+from hw3.data.transforms import (
+    AUTO_AUGMENTS,
+    CROPS,
+    FLIPS,
+    POLICIES,
+    InputStage,
+    auto_augment,
+    channel_stats,
+    draw,
+    photo_transform,
+)
 from hw3.errors import UserError
 
-__all__ = ["Data", "InputSpec", "Source", "load_source", "resolve_input"]
+__all__ = ["Data", "InputSpec", "Source", "check_data", "open_source", "resolve_input"]
+
+LOADERS = ("auto", "device", "dataloader")
+RULES = {
+    "val_fraction": between(0, 1, closed_low=False),
+    **{
+        k: at_least(1)
+        for k in ("image_size", "num_classes", "channels", "max_train_samples", "max_eval_samples", "prefetch_factor")
+    },
+    "num_workers": at_least(0),
+    "crop_padding": at_least(0),
+    "mean": ((lambda v: len(v) in (1, 3)), "give 1 or 3 values"),
+    "std": ((lambda v: len(v) in (1, 3) and min(v) > 0), "give 1 or 3 values > 0"),
+    "label_noise": between(0, 1),
+}
+
+
+def check_data(cfg: DataConfig) -> None:
+    """The `data` section: ranges, choices, the dataset's name, what a source needs."""
+    check_section(cfg, "data", RULES, {"loader": LOADERS, "augment": POLICIES, "auto_augment": AUTO_AUGMENTS})
+    DATASETS.get(cfg.name, "data.name")
+    require(cfg.name != "hf" or bool(cfg.path), "data.path: required with data.name=hf (a Hub id or a folder)")
+
+
+def open_source(cfg: DataConfig, smoke: bool = False) -> Source:
+    """The dataset `data.name` names, with its splits and caps; in smoke mode a synthetic stand-in of its shape."""
+    return bundled.smoke_source(cfg) if smoke else load_source(cfg)
+
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEVICE_MEMORY_SHARE = 0.25  # the device path may use this share of GPU memory for a dataset

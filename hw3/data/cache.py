@@ -22,15 +22,15 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from hw3.storage import remove, verify, write_manifest
+from hw3.storage.files import cache_dir, remove
+from hw3.storage.manifest import verify, write_manifest
 
-FORMAT = 1
+FORMAT = 2  # 2: 16-bit grayscale scaled to 8 bits, not clipped
 SPLITS = ("train", "val", "test")
 
 
 def cache_root() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hw3"
-    return Path(os.environ.get("HW3_CACHE") or default) / "decoded"
+    return cache_dir("decoded")
 
 
 def key_of(description: dict) -> str:

@@ -12,9 +12,9 @@ from PIL import Image
 
 from hw3.config import DataConfig
 from hw3.data.small_images import settle
-from hw3.data.sources import DATASETS, Source, Split, image_size, open_image
+from hw3.data.sources import DATASETS, Source, Split, colour_mode, image_size, open_image
 from hw3.errors import UserError
-from hw3.hub import go_offline_unless_reachable, offline
+from hw3.storage.hub import go_offline_unless_reachable, offline
 
 # The Hub's names for a held-out split, in order of preference.
 HF_VAL_SPLITS = ("validation", "valid", "val", "dev")
@@ -99,7 +99,7 @@ def from_hub(dsd, cfg: DataConfig) -> Source:
             continue
         labels = torch.from_numpy(np.asarray(table[label_col], dtype=np.int64))
         images = table.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
-        mode = mode or ("L" if _is_gray(images, image_col) else "RGB")
+        mode = mode or first_mode(images, image_col)
         splits[name] = Split(labels, reader=HubReader(images, image_col, mode, f"{where}[{name}]"))
     if isinstance(label_feature, datasets.ClassLabel):
         classes = list(label_feature.names)
@@ -118,8 +118,9 @@ def from_hub(dsd, cfg: DataConfig) -> Source:
     return settle(src, cfg, description)
 
 
-def _is_gray(table, column: str) -> bool:
+def first_mode(table, column: str) -> str:
+    """The colour mode of the split's first image: the one every image is read in."""
     cell = table[0][column]
     source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
     with Image.open(source) as img:
-        return img.mode in ("L", "1", "I;16")
+        return colour_mode(img)

@@ -13,15 +13,14 @@ from PIL import Image
 from hw3.config import DataConfig
 from hw3.data.cache import files_fingerprint
 from hw3.data.small_images import settle
-from hw3.data.sources import DATASETS, FileReader, Source, Split, open_image
+from hw3.data.sources import DATASETS, IMAGE_SUFFIXES, FileReader, Source, Split, colour_mode, open_image
 from hw3.errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 VAL_FOLDERS = ("val", "validation", "valid", "dev")  # the first that exists is the validation split
 
 
-def is_image(path: str) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def class_folders(train: Path) -> list[str]:
@@ -37,8 +36,9 @@ def scan(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
     extra = sorted(found - set(classes))
     if extra:
         raise UserError(f"data.root: {folder} has class folders train/ has not: {', '.join(extra[:5])}")
+    # extensions= compares name endings; is_valid_file= would cost a Path per file (3.6 s at 210k files, not 0.5)
     samples = make_dataset(
-        str(folder), {name: i for i, name in enumerate(classes)}, is_valid_file=is_image, allow_empty=True
+        str(folder), {name: i for i, name in enumerate(classes)}, extensions=IMAGE_SUFFIXES, allow_empty=True
     )
     return [path for path, _ in samples], [label for _, label in samples]
 
@@ -64,7 +64,7 @@ def imagefolder(cfg: DataConfig) -> Source:
     listed = {name: scan(folder, classes) for name, folder in folders.items() if folder is not None}
     first = listed["train"][0][0]
     with Image.open(first) as img:
-        mode = "L" if img.mode in ("L", "1", "I;16", "I") else "RGB"
+        mode = colour_mode(img)
     open_image(first, first, mode)  # a corrupt first image is named now
     splits = {
         name: Split(torch.tensor(labels), reader=FileReader(paths, mode)) for name, (paths, labels) in listed.items()

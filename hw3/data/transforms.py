@@ -14,8 +14,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+POLICIES = ("none", "flip", "crop", "crop_flip", "resized_crop_flip")  # data.augment
 CROPS = ("crop", "crop_flip")  # policies with a padded random crop
 FLIPS = ("flip", "crop_flip")  # policies with a horizontal flip (resized_crop_flip flips inside torchvision)
+AUTO_AUGMENTS = ("randaugment", "trivialaugment")  # data.auto_augment: torchvision's policies, per sample
 
 
 @dataclass
@@ -69,7 +71,7 @@ def crop_flip(
 def auto_augment(name: Optional[str]):
     from torchvision.transforms import v2
 
-    return {None: None, "randaugment": v2.RandAugment(), "trivialaugment": v2.TrivialAugmentWide()}[name]
+    return {None: None, AUTO_AUGMENTS[0]: v2.RandAugment(), AUTO_AUGMENTS[1]: v2.TrivialAugmentWide()}[name]
 
 
 def photo_transform(policy: str, size: int, padding: int, crop_pct: float, auto: Optional[str], train: bool):

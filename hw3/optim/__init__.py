@@ -1,7 +1,11 @@
-"""Optimizers by name, built through timm's optimizer factory from the recipe's `optim` section.
+"""Optimizers and what happens around their step: optimizers by name, built through timm's optimizer factory
+from the recipe's `optim` section (here), which checks its own section (`check_optim`); the learning-rate
+schedules (schedules, `sched`); SAM and its variants as explicit passes around a base optimizer (sam); steps
+skipped on the device when a gradient is not finite (nonfinite) and the weight EMA that skips with them (ema).
 
 `sam` is not an optimizer of its own: `build_optimizer` builds its base optimizer (`optim.base`), and the training
-step adds the two-pass sharpness-aware update around it (hw3.optim.sam).
+step adds the two-pass sharpness-aware update around it. It may import hw3.errors, hw3.config and hw3.runs (the
+plateau schedule's Monitor); timm is imported where an optimizer is built.
 """
 
 from __future__ import annotations
@@ -9,22 +13,82 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from timm.optim import create_optimizer_v2
 from torch import nn
 
 from hw3.config import OptimConfig
-from hw3.registry import Registry
+from hw3.config.names import Registry
+from hw3.config.rules import at_least, between, check_section, positive, require
 
 OPTIMIZERS: Registry[Callable[[OptimConfig, nn.Module, torch.device], torch.optim.Optimizer]] = Registry("optimizer")
+SAM_VARIANTS = ("sam", "looksam", "momentum")
+RULES = {
+    "lr": at_least(0),
+    "weight_decay": at_least(0),
+    "momentum": between(0, 1),
+    "betas": ((lambda v: len(v) == 2 and all(0 <= b < 1 for b in v)), "give two values in [0, 1)"),
+    "rho": positive(),
+    "layer_decay": between(0, 1, closed_low=False, closed_high=True),
+    "head_lr_scale": positive(),
+    "sam_every": at_least(1),
+    "sam_batch_splits": at_least(1),
+    "looksam_alpha": at_least(0),
+    "fallback_lr": at_least(0),
+}
+
+
+def check_optim(cfg: OptimConfig) -> None:
+    """The `optim` section: ranges, the optimizer's name (and SAM's base), the SAM variants' keys."""
+    check_section(cfg, "optim", RULES, {"sam_variant": SAM_VARIANTS})
+    OPTIMIZERS.get(cfg.name, "optim.name")
+    require(cfg.base != "sam", "optim.base: sam cannot wrap itself")
+    if cfg.name == "sam":
+        OPTIMIZERS.get(cfg.base, "optim.base")
+    check_sam_variants(cfg)
+    require(
+        cfg.layer_decay is None or not cfg.decay_norm_and_bias,
+        "optim.decay_norm_and_bias: timm's layer-wise grouping never decays norms and biases; use false with "
+        "optim.layer_decay",
+    )
+
+
+def check_sam_variants(cfg: OptimConfig) -> None:
+    """The SAM variants' keys, set only where they mean something, in combinations that exist."""
+    defaults = {"sam_variant": "sam", "sam_every": 1, "sam_batch_splits": 1, "looksam_alpha": 0.2}
+    changed = [k for k, v in defaults.items() if getattr(cfg, k) != v]
+    require(cfg.name == "sam" or not changed, f"optim.{changed[0] if changed else ''}: only with optim.name=sam")
+    if cfg.sam_variant == "momentum":
+        for key, ok in (("sam_every", cfg.sam_every == 1), ("sam_batch_splits", cfg.sam_batch_splits == 1)):
+            require(ok, f"optim.{key}: momentum SAM takes one pass every step; leave {key} at 1")
+        require(not cfg.adaptive, "optim.adaptive: momentum SAM perturbs along the momentum, not |w| g; use false")
+    require(
+        cfg.sam_batch_splits == 1 or cfg.sam_variant == "sam",
+        "optim.sam_batch_splits: m-sharpness works with optim.sam_variant=sam",
+    )
+    require(
+        cfg.looksam_alpha == 0.2 or cfg.sam_variant == "looksam",
+        "optim.looksam_alpha: only with optim.sam_variant=looksam",
+    )
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """The optimizer `optim.name` names (for sam: its base), over `model`'s parameters, which live on `device`."""
     optimizer = OPTIMIZERS.get(cfg.name, "optim.name")(cfg, model, device)
-    for group in optimizer.param_groups:
-        # what the schedule scales each step: lr x the group's layer-wise (and head) scale
-        group["initial_lr"] = group["lr"] * group.get("lr_scale", 1.0)
+    set_initial_lr(cfg, optimizer)
     return optimizer
+
+
+def set_initial_lr(cfg: OptimConfig, optimizer: torch.optim.Optimizer) -> None:
+    """What the schedule scales each step, per group: optim.lr x the group's layer-wise (and head) scale. Called
+    again after a checkpoint is restored (it brings its own copy): the lr applied is always the recipe's."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr * group.get("lr_scale", 1.0)
+
+
+def applied_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr the optimizer applies at scale 1 (its first group's, without the group's own lr scale): what the
+    metrics log."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
 
 
 def head_parameters(model: nn.Module) -> set:
@@ -65,6 +129,8 @@ def param_groups(cfg: OptimConfig, model: nn.Module, fallback: list[str]):
 def _timm(
     opt: str, cfg: OptimConfig, model: nn.Module, fallback: Sequence[str] = (), **kwargs
 ) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
     # filter_bias_and_bn: no weight decay on 1-D tensors (norm weights, biases) unless the recipe wants it.
     params = param_groups(cfg, model, list(fallback))
     if isinstance(params, nn.Module) and fallback:

@@ -9,7 +9,7 @@ decision stays a device tensor, `found_inf` (1.0 or 0.0), all the way into the u
   their kernel (Adam also undoes its step count);
 - any other optimizer (timm's Muon) is stepped, then its parameters and state tensors are put back with
   `torch.where(found_inf, saved, new)`;
-- the EMA moves by `(1 - decay) * (1 - found_inf)`;
+- the EMA moves by `(1 - decay) * (1 - found_inf)` (hw3.optim.ema);
 - the counts (skipped steps, non-finite steps in a row) are device tensors, read every `log.log_every` steps.
 """
 
@@ -18,8 +18,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from timm.utils import ModelEmaV3
-from torch import nn
 
 ONES: dict[torch.device, torch.Tensor] = {}
 
@@ -78,21 +76,6 @@ def step_unless(optimizer: torch.optim.Optimizer, bad: torch.Tensor) -> None:
         for t in optimizer.state[p].values():
             if torch.is_tensor(t) and id(t) not in before:
                 t.masked_fill_(skip, 0)
-
-
-class DeviceSkippingEma(ModelEmaV3):
-    """timm's ModelEmaV3 whose update can be switched off by a device tensor (a skipped step moves nothing)."""
-
-    @torch.no_grad()
-    def update_unless(self, model: nn.Module, bad: torch.Tensor, step: int) -> None:
-        weight = (1.0 - self.get_decay(step)) * (1.0 - bad)  # the share of the model taken in; 0 when skipped
-        self.apply_update_(model, 1.0 - weight)
-
-    def _foreach_lerp_(self, ema_values: list, model_values: list, weight) -> None:
-        if torch.is_tensor(weight):  # one 0-d tensor per list entry: broadcast by the kernel, no host read
-            torch._foreach_lerp_(ema_values, model_values, [weight] * len(ema_values))
-        else:
-            super()._foreach_lerp_(ema_values, model_values, weight)
 
 
 class BadSteps:

@@ -14,29 +14,39 @@ compose with batch-size scaling, and resuming needs only `step` (plus plateau's 
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
-from typing import Callable, Optional, Union
+from typing import Callable
 
 from hw3.config import SchedConfig
-from hw3.monitor import Monitor
-from hw3.registry import Registry
+from hw3.config.names import Registry
+from hw3.config.rules import at_least, between, check_section
+from hw3.runs.metrics import Monitor
+
+RULES = {
+    "min_lr": at_least(0),
+    "warmup_epochs": at_least(0),
+    "step_size": at_least(1),
+    "gamma": between(0, 1, closed_low=False, closed_high=True),
+    "pct_start": between(0, 1, closed_low=False),
+    "patience": at_least(0),
+}
+
+
+def check_sched(cfg: SchedConfig) -> None:
+    """The `sched` section: ranges, the schedule's name, plateau's monitor."""
+    check_section(cfg, "sched", RULES, {"monitor": ("val_loss", "val_acc")})
+    SCHEDULES.get(cfg.name, "sched.name")
 
 
 class Layout:
     """The optimizer step at which each epoch starts, without a list per epoch: steps per epoch are constant
     between the keys of a batch-size schedule, so `segments` [(first epoch, steps per epoch), ...] say it all,
-    and a run of 10^12 epochs costs nothing up front. `max_steps` caps every start (the schedule then ends there).
+    and a run of 10^12 epochs costs nothing up front.
     """
 
-    def __init__(self, segments: list[tuple[int, int]], epochs: int, max_steps: Optional[int] = None):
-        self.segments, self.epochs, self.max_steps = sorted(segments), epochs, max_steps
+    def __init__(self, segments: list[tuple[int, int]], epochs: int):
+        self.segments, self.epochs = sorted(segments), epochs
         self.total = self.start(epochs)
-
-    @classmethod
-    def from_starts(cls, starts: list[int]) -> "Layout":
-        """From an explicit list of epoch starts plus the total (one segment per epoch)."""
-        return cls([(e, b - a) for e, (a, b) in enumerate(itertools.pairwise(starts))], len(starts) - 1)
 
     def start(self, epoch: int) -> int:
         step = 0
@@ -45,7 +55,7 @@ class Layout:
             if epoch <= first:
                 break
             step += (min(epoch, end) - first if end is not None else epoch - first) * steps
-        return min(step, self.max_steps) if self.max_steps is not None else step
+        return step
 
     def epoch_of(self, step: int) -> int:
         """The last epoch in [0, epochs] that starts at or before `step` (binary search over start())."""
@@ -162,9 +172,8 @@ class PlateauSchedule(Schedule):
         self.current, self.best, self.bad_epochs = state["current"], state["best"], state["bad_epochs"]
 
 
-def build_schedule(cfg: SchedConfig, lr: float, layout: Union[Layout, list[int]]) -> Schedule:
-    """The schedule `sched.name` names, laid out over `layout` (or an explicit list of epoch starts)."""
-    layout = Layout.from_starts(layout) if isinstance(layout, list) else layout
+def build_schedule(cfg: SchedConfig, lr: float, layout: Layout) -> Schedule:
+    """The schedule `sched.name` names, laid out over `layout`."""
     return SCHEDULES.get(cfg.name, "sched.name")(cfg, lr, layout)
 
 

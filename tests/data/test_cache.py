@@ -12,8 +12,7 @@ from PIL import Image
 from hw3.data.cache import cache_root
 
 from formats import write_imagefolder
-from helpers import RECIPES, read_metrics
-from test_lifecycle import deterministic
+from helpers import RECIPES, deterministic, read_metrics
 
 QUICK = RECIPES / "quickstart.yaml"
 ARGS = ["--recipe", QUICK, "data.name=imagefolder", "train.epochs=2", "train.batch_size=4", "log.trackers=[]"]

@@ -153,7 +153,7 @@ def test_the_digits_are_scikit_learns(layout, monkeypatch):
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from hw3.data.sources import read_digits
+    from hw3.data.bundled import read_digits
 
     with monkeypatch.context() as patch:
         if layout == "scikit-learn's loader":

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from hw3.config import OptimConfig
-from hw3.optim.nonfinite import DeviceSkippingEma, found_inf
+from hw3.optim.ema import DeviceSkippingEma
+from hw3.optim.nonfinite import found_inf
 
 from helpers import step, tiny_run
 

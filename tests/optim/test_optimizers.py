@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hw3.config import ModelConfig, OptimConfig
-from hw3.models import build_model
+from hw3.models.build import build_model
 from hw3.optim import build_optimizer, routing_table
 
 from helpers import RECIPES, read_metrics, read_summary

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hw3.config import OptimConfig, load_config
+from hw3.engine.recipe import load_recipe
 from hw3.errors import UserError
+from hw3.optim import check_optim
 from hw3.optim.sam import bn_buffers
 
 from helpers import step, tiny_run
@@ -192,7 +194,9 @@ def test_looksam_keeps_its_vector_and_the_weights_when_a_full_step_is_not_finite
 )
 def test_variant_keys_are_validated(override, message):
     with pytest.raises(UserError, match=message):
-        load_config(None, ["optim.name=sgd" if "every=2" in override else "optim.name=sam", override])
+        check_optim(
+            load_config(None, ["optim.name=sgd" if "every=2" in override else "optim.name=sam", override]).optim
+        )
 
 
 @pytest.mark.parametrize(
@@ -207,4 +211,4 @@ def test_variant_keys_are_validated(override, message):
 )
 def test_combinations_that_do_not_exist_are_refused(overrides, message):
     with pytest.raises(UserError, match=message):
-        load_config(None, ["optim.name=sam", *overrides])
+        load_recipe(None, ["optim.name=sam", *overrides])  # the optimizer's own checks, and the engine's

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from hw3.config import SchedConfig
-from hw3.optim.schedules import batch_scale, build_schedule
+from hw3.optim.schedules import Layout, batch_scale, build_schedule
 
 EPOCHS, STEPS, LR = 6, 10, 0.1
-STARTS = [e * STEPS for e in range(EPOCHS + 1)]
+STARTS = Layout([(0, STEPS)], EPOCHS)  # every epoch STEPS steps long
 
 
 def torch_trace(make, per_step: bool, metrics=None) -> list[float]:
@@ -122,5 +122,7 @@ def test_batch_size_scaling():
 
 def test_warmup_follows_a_batch_size_schedule():
     # Epoch 0 has 10 steps, epoch 1 has 4 (a larger batch): 1.5 warm-up epochs end at step 10 + 2.
-    sched = build_schedule(SchedConfig(name="cosine", warmup_epochs=1.5), LR, [0, 10, 14, 18])
+    sched = build_schedule(
+        SchedConfig(name="cosine", warmup_epochs=1.5), LR, Layout([(0, 10), (1, 4)], 3)
+    )  # epochs of 10, 4 and 4 steps
     assert sched.warmup == 12 and sched.factor(12) == 1.0 and sched.factor(11) < 1.0

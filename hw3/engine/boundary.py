@@ -1,0 +1,126 @@
+"""What happens between two optimizer steps, each a named call of the loop (hw3.engine.loop):
+
+- `after_step`: the progress bar, the crash point of the fault tests, and what the launch's first step tells
+  (its start-up time; for Muon, which tensors it trains).
+- `look_at_device`: the host's one read of the device every `log.log_every` steps and at the epoch's last step:
+  train.max_bad_steps, the processes agreeing on a signal and on a timed checkpoint, the running loss.
+- `reason_to_stop`: a signal the processes agreed on, or train.max_steps (a limit of this launch).
+- `checkpoint_due` and `checkpoint`: the mid-epoch checkpoints of train.checkpoint_every_steps / _minutes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional
+
+import psutil
+import torch
+
+from hw3.dist.faults import crash_point
+from hw3.dist.signals import SIGNALS
+from hw3.engine.build import Run
+from hw3.optim import routing_table
+from hw3.runs.checkpoints import list_checkpoints, save_checkpoint
+from hw3.runs.state import at_max_steps
+
+
+class Interrupted(Exception):
+    """SIGTERM/SIGINT arrived (args[0]: the signal number); a checkpoint was saved at the last step boundary."""
+
+
+class MaxStepsReached(Exception):
+    """train.max_steps: this launch stopped after the run's N-th optimizer step, with a checkpoint there."""
+
+
+class NonFinite(Exception):
+    """Too many consecutive non-finite steps; the last good checkpoint is untouched."""
+
+
+def after_step(run: Run, bar, batches: int) -> None:
+    """Bookkeeping after a step: the first one of this launch records its start-up time (and, for Muon, the
+    routing of every tensor, decided at that step); the fault tests' crash point; the progress bar."""
+    launch = run.state.launches[-1] if run.state.launches else None
+    if launch is not None and "startup_s" not in launch:
+        launch["startup_s"] = round(time.time() - psutil.Process().create_time(), 2)
+        if (run.cfg.optim.base if run.sam else run.cfg.optim.name) == "muon":
+            run.tracker.write("optimizer_routing.md", routing_table(run.net, run.optimizer))
+    crash_point("train_step")
+    if bar is not None:
+        bar.update(batches)
+
+
+def look_at_device(run: Run, bar) -> None:
+    """The host's one read of the device per log.log_every steps (and at the end of an epoch): stop after too many
+    non-finite steps in a row, agree across processes on whether a signal arrived and whether a timed checkpoint
+    is due, show the running loss."""
+    accelerator, sums, limit = run.accelerator, run.sums, run.cfg.train.max_bad_steps
+    minutes = run.cfg.train.checkpoint_every_minutes
+    due = minutes is not None and accelerator.is_main_process and time.monotonic() - run.last_checkpoint >= 60 * minutes
+    flags = torch.stack(
+        [
+            run.bad_steps.longest.double(),
+            torch.full_like(sums.loss, float(SIGNALS.pending)),
+            torch.full_like(sums.loss, float(due)),
+        ]
+    )
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, "max")
+    longest, signal, due, loss = torch.cat([flags, sums.loss[None]]).tolist()
+    run.agreed_signal, run.checkpoint_due = int(signal), bool(due)
+    run.compile_guard.look(run)
+    if longest >= limit:
+        checkpoints = list_checkpoints(run.run_dir)
+        scale = f" (the fp16 loss scale fell to {run.scaler.get_scale():g}; try bf16)" if run.scaler else ""
+        raise NonFinite(
+            f"{int(longest)} consecutive non-finite steps (loss or gradient) by epoch {run.state.epoch}, step "
+            f"{run.state.step} (train.max_bad_steps={limit}){scale}; last good checkpoint: "
+            f"{checkpoints[-1] if checkpoints else 'none'}"
+        )
+    if bar is not None:
+        bar.set_postfix(loss=f"{loss / max(sums.count, 1):.4f}")
+
+
+def interrupted(run: Run, agree: bool = False) -> bool:
+    """Has SIGTERM/SIGINT arrived? With one process: the handler's record, at every step. With several, they must
+    stop at the same step: the record they last agreed on (in look_at_device, or here with `agree`, a collective)."""
+    if run.accelerator.num_processes == 1:
+        run.agreed_signal = SIGNALS.pending
+    elif agree:
+        flag = torch.tensor([float(SIGNALS.pending)], device=run.accelerator.device)
+        run.agreed_signal = int(run.accelerator.reduce(flag, "max").item())
+    return run.agreed_signal != 0
+
+
+def reason_to_stop(run: Run) -> Optional[Exception]:
+    """Why this launch stops after this step, if it does: a signal, or train.max_steps."""
+    if interrupted(run):
+        return Interrupted(run.agreed_signal)
+    if at_max_steps(run.cfg.train, run.state.step):
+        return MaxStepsReached(run.cfg.train.max_steps)
+    return None
+
+
+def checkpoint_due(run: Run) -> bool:
+    """A mid-epoch checkpoint after this step? train.checkpoint_every_steps counts optimizer steps (the same on
+    every process); train.checkpoint_every_minutes is the main process's clock, agreed at the host's looks."""
+    every = run.cfg.train.checkpoint_every_steps
+    return run.checkpoint_due or (every is not None and run.state.step % every == 0)
+
+
+def checkpoint(run: Run, position: tuple[int, int]) -> None:
+    """The full training state at `position` (epoch, batches of it trained); restarts the interval's clock."""
+    save_checkpoint(
+        run.accelerator, run.run_dir, position, run.components(), run.own(), run.tensors(), run.cfg.train.keep_last
+    )
+    run.last_checkpoint = time.monotonic()
+    run.checkpoint_due = False
+
+
+def progress_bar(run: Run, steps: int, epoch: int):
+    show = run.cfg.log.progress if run.cfg.log.progress is not None else sys.stdout.isatty()
+    if not (show and run.accelerator.is_local_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, initial=run.state.batch, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)

@@ -1,0 +1,102 @@
+"""SIGTERM and SIGINT at every moment of a launch say what happened: the checkpoint kept and the command to go on
+(or that the run is complete), with exit 128 + N; the same command then ends where an uninterrupted run did. A
+signal ignored when the launch started stays ignored throughout."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import RECIPES, ROOT, at_crash_point, child_env, read_metrics, read_summary
+from helpers import deterministic
+
+QUICK = RECIPES / "quickstart.yaml"
+ARGS = ["--recipe", QUICK, "train.epochs=2", "log.trackers=[]", "train.keep_last=10"]
+CKPT = "{run}/checkpoints/{name}"
+
+# crash point (hw3.dist.faults) where the signal is sent: (exit code, what the launch says on stderr)
+MOMENTS = {
+    "start-up, nothing saved yet": ("start_up:1", 143, "stopped by SIGTERM during start-up, before any checkpoint; "
+                                    "rerun the same command to start"),
+    "mid-epoch": ("train_step:25", 143, f"stopped by SIGTERM at epoch 1 batch 4; checkpoint {CKPT} saved; rerun "
+                  "the same command to continue".replace("{name}", "epoch0001-batch000004")),
+    "validation": ("validation:1", 143, f"stopped by SIGTERM after epoch 0; checkpoint {CKPT} saved; rerun the same "
+                   "command to continue".replace("{name}", "epoch0000-batch000021")),
+    "a checkpoint save": ("checkpoint_save:1", 143, f"stopped by SIGTERM after epoch 0; checkpoint {CKPT} saved; "
+                          "rerun the same command to continue".replace("{name}", "epoch0000-batch000021")),
+    "the end of an epoch": ("after_save:1", 143, f"stopped by SIGTERM after epoch 0; checkpoint {CKPT} saved; "
+                            "rerun the same command to continue".replace("{name}", "epoch0000-batch000021")),
+    "the final test": ("test:1", 143, "stopped by SIGTERM during the final test; training is complete (checkpoint "
+                       f"{CKPT}); rerun the same command to test the best weights and write the summary"
+                       .replace("{name}", "epoch0001-batch000021")),
+    "the summary": ("summary:1", 0, "SIGTERM arrived as the summary was written; the run is complete"),
+}  # fmt: skip
+
+
+def signal_at(monkeypatch, point: str, nth: int, signum: int) -> None:
+    """Send this process `signum` the nth time it reaches crash point `point` (as HW3_CRASH_AT does)."""
+    at_crash_point(monkeypatch, point, nth, lambda: os.kill(os.getpid(), signum))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    from hw3.cli.train import main
+
+    run_dir = tmp_path_factory.mktemp("signals") / "reference"
+    assert main([str(a) for a in [*ARGS, f"output_dir={run_dir}"]]) == 0
+    return run_dir
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_a_signal_at_any_moment_says_what_was_kept_and_the_rerun_ends_equal(
+    train, reference, tmp_path, monkeypatch, moment
+):
+    point, code, said = MOMENTS[moment]
+    run_dir = tmp_path / "run"
+    name, nth = point.split(":")
+    signal_at(monkeypatch, name, int(nth), signal.SIGTERM)
+    stopped = train(*ARGS, f"output_dir={run_dir}")
+    assert stopped.code == code, stopped.err
+    assert stopped.err.strip().splitlines()[-1] == said.format(run=run_dir)
+    monkeypatch.undo()
+    again = train(*ARGS, f"output_dir={run_dir}")
+    assert again.code == 0, again.err
+    if code == 0:
+        assert "is complete" in again.out
+    assert deterministic(read_metrics(run_dir)) == deterministic(read_metrics(reference))
+    assert read_summary(run_dir)["test_acc"] == read_summary(reference)["test_acc"]
+
+
+def test_sigint_during_start_up_of_a_resume_names_the_checkpoint_and_stops_the_caller(train, tmp_path, monkeypatch, capsys):
+    """In-process (a test suite, a notebook), the launch says what it kept, then hands the Ctrl-C on to the
+    caller's own handler: Python's raises KeyboardInterrupt, so Ctrl-C stops the caller too."""
+    from hw3.cli.train import main
+
+    run_dir = tmp_path / "run"
+    assert train("--recipe", QUICK, "train.epochs=1", "log.trackers=[]", f"output_dir={run_dir}").code == 0
+    signal_at(monkeypatch, "start_up", 1, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(a) for a in [*ARGS, "train.extend_epochs=true", f"output_dir={run_dir}"]])
+    assert capsys.readouterr().err.strip() == (
+        f"stopped by SIGINT during start-up; rerun the same command to continue from "
+        f"{run_dir / 'checkpoints' / 'epoch0000-batch000021'}"
+    )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+
+
+def test_an_ignored_sigint_stays_ignored_through_training(tmp_path):
+    """`nohup` or a background job of a non-interactive shell starts the launch with SIGINT ignored: hw3 never
+    installs a handler for it, so a SIGINT in the middle of training changes nothing."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *map(str, ARGS), f"output_dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=child_env(HW3_CRASH_AT="train_step:5:INT"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_summary(tmp_path / "run")["epochs_completed"] == 2 and "stopped" not in done.stderr
