@@ -74,9 +74,9 @@ class Signals:
         """Put the handlers found at install() back (a signal meanwhile is only recorded); returns the signal
         received, if any, so a caller that runs hw3 as a library can hand it on (hand_back)."""
         self.hold()
-        received, previous = self.pending, self.previous
-        for s, handler in previous.items():
+        for s, handler in self.previous.items():
             signal.signal(s, handler)
+        received = self.pending  # (one that came while the handlers were put back included)
         self.previous, self.pending, self.deferring = {}, 0, 0
         return received
 

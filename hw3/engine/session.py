@@ -172,6 +172,7 @@ def end(launch: Launch, lock: Optional[RunDirLock], started: bool, code: int) ->
     # recipe afterwards (tests, notebooks) with different settings.
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+    crash_point("shutdown")
     if launch.ending.startswith("complete") and SIGNALS.pending and not launch.said_complete:
         launch.say(f"{name(SIGNALS.pending)} arrived as the launch ended; the run is complete")
 

@@ -74,7 +74,7 @@ def command_as_launched(argv: list) -> str:
             parts = Path(f"/proc/{LAUNCHER.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
         except OSError:
             parts = []
-        if parts and Path(parts[0]).name.startswith("python") and len(parts) > 1:
+        if len(parts) > 1 and Path(parts[0]).name.startswith("python") and parts[1] != "-m":
             parts = parts[1:]  # `python .../bin/accelerate launch ...`: the script is the command
         if parts:
             return shlex.join([Path(parts[0]).name, *parts[1:]])

@@ -69,7 +69,9 @@ def standing(run: RunRecord) -> str:
     if ending is None:
         return "stopped with no word on how (killed?), resumable"
     what = ending.split(";")[0].split(" during ")[0]
-    return f"{what.replace('stopped by ', 'stopped (')})" if what.startswith("stopped by ") else what
+    if what.startswith("stopped by "):  # a signal: "stopped (SIGTERM), resumable"
+        return f"stopped ({what[len('stopped by ') :]}), resumable"
+    return f"{what}, resumable" if what.startswith("stopped") else f"stopped ({what}), resumable"
 
 
 def image_size(run: RunRecord) -> str:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shutil
+import subprocess
 import traceback
 from pathlib import Path
 
@@ -163,6 +164,12 @@ CASES = {
         [QUICK, "train.batch_size_schedule={{0: 64, 3: 4096}}", "output_dir={new}"],
         "train.batch_size: 4096 (epoch 3) is more than the 1294 training images",
     ),
+    # Not a mistake, but the same promise: one line (exit 4: the run dir could not be written), nothing left behind.
+    "output_dir on a full disk at the first launch": (
+        [QUICK, "output_dir={full}/run"],
+        "output_dir: writing {full}/run/.lock failed (the disk is full: ",
+        4,
+    ),
     "error before a run dir exists": (
         [QUICK, "data.name=mnist", "data.root=/proc"],
         "data.name=mnist: files not found",
@@ -211,18 +218,37 @@ def table(tmp_path_factory):
     before = digest(run)
     ckpt = next((run / "checkpoints").iterdir())
     busy = RunDirLock(tmp / "busy")  # held by this process for the whole table
+    full = full_disk(tmp / "full")
 
     def launch(name):
+        if "{full}" in " ".join(CASES[name][0]) and full is None:
+            return name, None
         args = CASES[name][0]
         new, cwd = tmp / f"new-{abs(hash(name))}", tmp / f"cwd-{abs(hash(name))}"
         cwd.mkdir()  # runs/ would go here
-        filled = [a.format(tmp=tmp, run=run, new=new, ckpt=ckpt, busy=tmp / "busy") for a in args]
+        filled = [a.format(tmp=tmp, run=run, new=new, ckpt=ckpt, busy=tmp / "busy", full=full) for a in args]
         result = in_process(["--recipe", *filled], cwd)
         return name, (result, new.exists() or any(cwd.iterdir()))
 
-    results = dict(map(launch, CASES))
-    busy.release()
-    return results, before, digest(run)
+    try:
+        results = dict(map(launch, CASES))
+        left_on_the_full_disk = sorted(p.name for p in full.iterdir()) if full is not None else None
+    finally:
+        busy.release()
+        if full is not None:
+            subprocess.run(["umount", "-l", str(full)], check=False)
+    return results, before, digest(run), (full, left_on_the_full_disk)
+
+
+def full_disk(mount: Path):
+    """A 2 MiB tmpfs filled up but a few KiB (needs root, as CI has), or None."""
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        return None
+    with open(mount / "ballast", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    return mount
 
 
 def in_process(args: list[str], cwd: Path) -> Result:
@@ -246,8 +272,10 @@ def in_process(args: list[str], cwd: Path) -> Result:
 
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input(name, table):
-    results, _, _ = table
-    (result, created), expected = results[name], CASES[name][1]
+    results, _, _, (full, _) = table
+    if results[name] is None:
+        pytest.skip("no tmpfs to fill here (mounting one needs root)")
+    (result, created), expected = results[name], CASES[name][1].replace("{full}", str(full))
     code = CASES[name][2] if len(CASES[name]) > 2 else 2  # hw3.errors: 2 a user error, 5 a busy run dir
     assert result.code == code, f"{name}: exit {result.code}\n{result.err[-2000:]}"
     assert not created or name in FOUND_WHILE_TRAINING, f"{name}: a run dir or runs/ was left behind"
@@ -258,8 +286,15 @@ def test_bad_input(name, table):
 
 
 def test_the_existing_run_dir_was_not_touched(table):
-    _, before, after = table
+    _, before, after, _ = table
     assert before == after
+
+
+def test_a_full_disk_at_the_first_launch_leaves_nothing_behind(table):
+    *_, (_, left) = table
+    if left is None:
+        pytest.skip("no tmpfs to fill here (mounting one needs root)")
+    assert left == ["ballast"]  # no run dir, no .lock
 
 
 def test_fp16_on_cpu_is_a_warning_not_an_error(tmp_path):

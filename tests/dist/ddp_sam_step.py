@@ -17,7 +17,8 @@ from torch import nn
 
 from hw3.config import OptimConfig, TrainConfig
 
-from helpers import step, tiny_run
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for helpers
+from helpers import step, tiny_run  # noqa: E402
 
 RHO, LR, WORLD = 0.5, 0.5, 2
 

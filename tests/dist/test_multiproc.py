@@ -197,7 +197,7 @@ def test_sam_pass_one_is_per_process_and_pass_two_is_synchronized(tmp_path):
     and counts DDP's all-reduces: none in SAM's first pass, none before the last micro-batch of an accumulated
     step."""
     config = ROOT / "accelerate_configs" / "cpu_ddp.yaml"
-    script = ROOT / "tests" / "ddp_sam_step.py"
+    script = ROOT / "tests" / "dist" / "ddp_sam_step.py"
     result = run_command([accelerate_bin(), "launch", "--config_file", config, script], cwd=tmp_path, timeout=300)
     assert result.code == 0, result.out[-2000:] + result.err[-3000:]
     ranks = sorted(re.findall(r"rank (\d): SAM step matches the per-process reference", result.out))

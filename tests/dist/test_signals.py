@@ -100,3 +100,104 @@ def test_an_ignored_sigint_stays_ignored_through_training(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert read_summary(tmp_path / "run")["epochs_completed"] == 2 and "stopped" not in done.stderr
+
+
+def test_a_signal_while_the_handlers_are_put_back_is_recorded_not_raised(monkeypatch):
+    """torchrun's SIGTERM can land while a launch puts the caller's handlers back: it is recorded (and said by
+    the exit code), never a `Stopped` traceback."""
+    from hw3.dist.signals import Signals
+
+    signals = Signals()
+    signals.install()
+    real = signal.signal
+    calls = []
+
+    def signal_that_is_interrupted(signum, handler):
+        calls.append(signum)
+        if len(calls) == 1:
+            signals.handle(signal.SIGTERM, None)  # as the kernel would deliver it here
+        return real(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", signal_that_is_interrupted)
+    assert signals.restore() == signal.SIGTERM  # recorded, handed to the caller
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def caught_signals(pid: int) -> int:
+    """The mask of signals process `pid` has a handler for (/proc/<pid>/status, SigCgt)."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("SigCgt:")), 16)
+
+
+def test_sigint_while_train_py_is_still_importing_is_one_line(tmp_path):
+    """Ctrl-C a moment after `python train.py` starts, while torch, accelerate and timm are being imported: one
+    line and 130, not a KeyboardInterrupt traceback from an import."""
+    child = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *map(str, ARGS), f"output_dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not caught_signals(child.pid) & (1 << (signal.SIGTERM - 1)):  # hw3's handlers are in: imports begin
+        assert child.poll() is None, child.communicate()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err
+    assert err.strip() == "stopped by SIGINT during start-up, before the run was set up"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_signal_after_the_summary_says_the_run_is_complete(tmp_path):
+    """A signal as the launch shuts down, after the summary was written: the run is complete, exit 0, said once."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *map(str, ARGS), f"output_dir={run_dir}"],
+        env=child_env(HW3_CRASH_AT="shutdown:1:TERM"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == ["SIGTERM arrived as the launch ended; the run is complete"]
+    assert read_summary(run_dir)["epochs_completed"] == 2
+
+
+CTRL_C_SUITE = '''
+import signal, sys, time
+from pathlib import Path
+
+def test_a_long_training_in_process():
+    from hw3.cli.train import main
+    Path({started!r}).write_text("started")
+    main(["--recipe", {recipe!r}, "train.epochs=1000", "log.trackers=[]", "output_dir={run}"])
+
+def test_never_reached():
+    Path({reached!r}).write_text("the suite went on after Ctrl-C")
+'''
+
+
+def test_ctrl_c_stops_a_test_suite_that_runs_hw3_in_process(tmp_path):
+    """A test suite (or a notebook) that runs a training in its own process: Ctrl-C stops the training at the
+    next step boundary, with its checkpoint, and then stops the suite, as Ctrl-C does."""
+    started, reached = tmp_path / "started", tmp_path / "reached"  # (written by the suite's two tests)
+    suite = tmp_path / "test_suite.py"
+    run = tmp_path / "run"
+    suite.write_text(CTRL_C_SUITE.format(started=str(started), reached=str(reached), recipe=str(QUICK), run=run))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", str(suite)],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    while not (run / "checkpoints" / "epoch0000-batch000021").is_dir():  # training, past its first epoch
+        assert child.poll() is None, child.communicate()[0][-3000:]
+    child.send_signal(signal.SIGINT)
+    out, _ = child.communicate(timeout=300)
+    assert child.returncode == 2, out[-3000:]  # pytest: interrupted
+    assert "KeyboardInterrupt" in out and "stopped by SIGINT " in out and "checkpoint" in out
+    assert not reached.exists()

@@ -27,17 +27,38 @@ STAGES = {
 }
 
 
+def edit_a_manifest_key(run_dir):
+    """The newest checkpoint's manifest with one letter of a key changed (still valid JSON)."""
+    manifest = list_checkpoints(run_dir)[-1] / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"bytes"', '"bytez"', 1))
+
+
+def damage_the_only_checkpoint(run_dir):
+    (only,) = list_checkpoints(run_dir)
+    with open(only / "model.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\xff" * 64)
+
+
 SCENARIOS = {
     **{stage: [crash] for stage, crash in STAGES.items()},
     "two crashes in a row": ["train_step:30", "validation:2"],
+    # after the crash, damage: the newest of two checkpoints (the older one is used), the only one (start over)
+    "a manifest key edited": ["train_step:100", edit_a_manifest_key],  # epoch 2 (41 + 41 steps of 32, then 64s)
+    "the only checkpoint damaged": ["train_step:50", damage_the_only_checkpoint],  # epoch 1
 }
 
 
-def crash_then_rerun(run_dir, crashes: list[str]) -> dict:
-    """Kill the run at each of `crashes` in turn (SIGKILL, from inside: HW3_CRASH_AT), keep a copy of what the last
-    crash left, then rerun the same command to the end."""
+def crash_then_rerun(run_dir, steps: list) -> dict:
+    """Kill the run at each crash of `steps` in turn (SIGKILL, from inside: HW3_CRASH_AT) and apply each damage
+    function after it, keep a copy of what that left, then rerun the same command to the end."""
     args = [*ARGS, f"output_dir={run_dir}"]
-    codes = [run_subprocess(args, cwd=ROOT, HW3_CRASH_AT=crash).code for crash in crashes]
+    codes = []
+    for step in steps:
+        if callable(step):
+            step(run_dir)
+        else:
+            codes.append(run_subprocess(args, cwd=ROOT, HW3_CRASH_AT=step).code)
     shutil.copytree(run_dir, run_dir.with_name("after-the-crash"))
     resumed = run_subprocess(args, cwd=ROOT)
     return dict(crash_codes=codes, resumed=resumed)
@@ -76,8 +97,9 @@ def assert_checkpoints_match_reference(run_dir, reference):
 def test_kill_then_rerun_equals_the_uninterrupted_run(stage, outcomes):
     reference, scenarios = outcomes
     folder, outcome = scenarios[stage]
-    assert outcome["crash_codes"] == [-9] * len(SCENARIOS[stage])
-    assert_checkpoints_match_reference(folder / "after-the-crash", reference)
+    assert outcome["crash_codes"] == [-9] * sum(isinstance(step, str) for step in SCENARIOS[stage])
+    if all(isinstance(step, str) for step in SCENARIOS[stage]):  # (a damaged one does not match, by design)
+        assert_checkpoints_match_reference(folder / "after-the-crash", reference)
     assert outcome["resumed"].code == 0, outcome["resumed"].err[-3000:]
     run = folder / "run"
     assert deterministic(read_metrics(run)) == deterministic(read_metrics(reference))
@@ -86,3 +108,16 @@ def test_kill_then_rerun_equals_the_uninterrupted_run(stage, outcomes):
     assert not list((run / "checkpoints").glob(".tmp-*"))
     best, ref_best = tensors(run / "best"), tensors(reference / "best")
     assert all(torch.equal(best[k], ref_best[k]) for k in ref_best)
+
+
+def test_damage_found_on_the_rerun_is_one_line_naming_it(outcomes):
+    """The reruns above that met a damaged checkpoint said so in one line each, and kept it aside."""
+    _, scenarios = outcomes
+    folder, outcome = scenarios["a manifest key edited"]
+    said = [line for line in outcome["resumed"].err.splitlines() if line.startswith("warning:")]
+    assert len(said) == 1 and "manifest.json is damaged; moved aside to damaged-epoch0001-batch000041" in said[0], said
+    assert "resuming from" in outcome["resumed"].out and "checkpoints/epoch0000-batch000041" in outcome["resumed"].out
+    folder, outcome = scenarios["the only checkpoint damaged"]
+    said = [line for line in outcome["resumed"].err.splitlines() if line.startswith("warning:")]
+    assert len(said) == 1 and said[0].endswith("they are moved aside (damaged-*) and the run starts over from epoch 0")
+    assert (folder / "run" / "checkpoints" / "damaged-epoch0000-batch000041").is_dir()
