@@ -228,3 +228,15 @@ def test_the_gradient_norm_is_sampled_at_the_last_step_of_an_epoch(train, tmp_pa
         )
         norms[log_every] = [row["grad_norm"] for row in read_metrics(tmp_path / str(log_every))]
     assert norms[50] == norms[21] and all(norm > 0 for norm in norms[50])
+
+
+def test_the_ema_is_validated_under_the_same_mixed_precision_as_the_model(train, tmp_path):
+    """bf16 (autocast on the CPU too): with lr 0 the EMA's weights stay the model's, bit for bit, so the two must
+    validate to the same numbers; the EMA's copy used to run in fp32 while the model ran under autocast."""
+    args = ["--recipe", QUICK, "model.name=simple_mlp", "optim.lr=0", "sched.name=none", "train.ema_decay=0.9"]
+    args += ["train.mixed_precision=bf16", "train.epochs=1", "log.trackers=[]", f"output_dir={tmp_path / 'run'}"]
+    assert train(*args).code == 0
+    (row,) = read_metrics(tmp_path / "run")
+    assert (row["ema_val_loss"], row["ema_val_acc"]) == (row["val_loss"], row["val_acc"])
+    fp32 = train(*args[:-2], "train.mixed_precision=no", "log.trackers=[]", f"output_dir={tmp_path / 'fp32'}")
+    assert fp32.code == 0 and read_metrics(tmp_path / "fp32")[0]["val_loss"] != row["val_loss"]  # bf16 did apply

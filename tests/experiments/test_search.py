@@ -262,3 +262,33 @@ def test_two_searches_share_one_study_in_postgresql(postgres, tmp_path):
     assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     said = [line.split(":")[0] for out in outputs for line in out.splitlines() if line.startswith("trial ")]
     assert sorted(said) == [f"trial {n}" for n in range(4)]  # each trial run by exactly one of the two
+
+
+def test_a_pruned_trial_has_one_value_everywhere_the_best_its_run_reached(tmp_path, monkeypatch):
+    """A trial pruned after its second epoch reported 0.9792 then 0.9653: its console line, summary.json,
+    search.json, search.md and the plot all give the best, 0.9792 (Optuna's own value is the last report), and
+    the plot draws it as pruned."""
+    import hw3.reports.search
+    from hw3.experiments.search import tell
+    from hw3.reports.search import plot_history, trial_rows, write_search_report
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    trial.report(0.9792, 0)
+    trial.report(0.9653, 1)
+    run_dir = tmp_path / "trial-0000"
+    run_dir.mkdir()
+    summary = dict(best_val_acc=0.9792, stopped_reason="pruned", epochs_completed=2)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    trial.set_user_attr("run_dir", str(run_dir))
+    assert tell(study, trial, 0, "val_acc") == "pruned after 2 epoch(s), best val_acc 0.9792"
+    (row,) = trial_rows(study, "val_acc")
+    assert row["state"] == "pruned" and row["value"] == 0.9792
+    text = write_search_report(tmp_path, study, "val_acc")
+    assert "| 0 | pruned | 0.9792 |" in text
+    assert json.loads((tmp_path / "search.json").read_text())["trials"][0]["value"] == 0.9792
+    figures = []
+    monkeypatch.setattr(hw3.reports.search, "save", lambda fig, path: figures.append(fig))
+    plot_history([row, {**row, "number": 1, "state": "complete", "value": 0.99}], tmp_path / "h.png", "val_acc", True)
+    drawn = {line.get_label(): list(line.get_xdata()) for line in figures[0].axes[0].lines}
+    assert drawn["complete"] == [1] and drawn["pruned (its best value)"] == [0]

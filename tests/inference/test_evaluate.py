@@ -145,3 +145,23 @@ def test_a_checkpoint_that_does_not_exist_is_named_as_such(finished, capsys):
         "error: --checkpoint bogus: no such file or folder (give best, last, a checkpoint folder or a "
         "model.safetensors)"
     )
+
+
+def test_report_says_how_a_stopped_run_stands_and_its_image_size(train, tmp_path, monkeypatch):
+    """A run SIGTERMed in its second epoch is neither running nor finished: stopped, resumable; and its input
+    size is its size in px, not "native"."""
+    import os
+    import signal
+
+    from helpers import at_crash_point
+
+    run_dir = tmp_path / "stopped"
+    at_crash_point(monkeypatch, "train_step", 25, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    stopped = train("--recipe", QUICK, "train.epochs=2", "log.trackers=[]", f"output_dir={run_dir}")
+    assert stopped.code == 143, stopped.err
+    monkeypatch.undo()
+    out = tmp_path / "r.md"
+    assert report_main([str(run_dir), "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| stopped |"))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[4:6] == ["8", "1/2 (stopped (SIGTERM), resumable)"], cells

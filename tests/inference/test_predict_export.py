@@ -149,3 +149,29 @@ def test_a_model_with_the_small_input_stem_is_not_exported_for_timm_alone(tmp_pa
     assert export_main([str(tmp_path / "r"), "--format", "hub"]) == 2
     assert "hw3's small-input stem, which timm alone cannot rebuild" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "r")
+
+
+def test_the_model_card_says_the_command_as_launched_and_its_snippet_runs_as_written(tmp_path):
+    """A run launched with `accelerate launch`: its Hub model card gives that command, and its Python snippet (the
+    Hub repo swapped for the exported folder) loads the model in a fresh interpreter, simple_cnn included."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from helpers import ROOT, accelerate_bin, child_env, run_command
+
+    config = ROOT / "accelerate_configs" / "cpu.yaml"
+    args = ["--recipe", QUICK, "train.epochs=1", "log.trackers=[]", f"output_dir={tmp_path / 'run'}"]
+    launched = run_command([accelerate_bin(), "launch", "--config_file", config, ROOT / "train.py", *args], tmp_path)
+    assert launched.code == 0, launched.err[-3000:]
+    assert export_main([str(tmp_path / "run"), "--format", "hub", "--out", str(tmp_path / "hub")]) == 0
+    readme = (tmp_path / "hub" / "README.md").read_text()
+    commands = re.search(r"```bash\n(.*?)\n```", readme, re.S).group(1).splitlines()
+    typed = ["accelerate", "launch", "--config_file", config, ROOT / "train.py", *args]
+    assert commands == [shlex.join(map(str, typed))], commands
+    snippet = re.search(r"```python\n(.*?)\n```", readme, re.S).group(1)
+    snippet = snippet.replace("hf-hub:USER/NAME", f"local-dir:{tmp_path / 'hub'}")
+    check = f"{snippet}\nimport torch\nprint(tuple(model(torch.zeros(1, 1, 8, 8)).shape))"
+    done = subprocess.run([sys.executable, "-c", check], env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "(1, 10)", done.stderr[-3000:]

@@ -110,3 +110,34 @@ def test_fp16_loss_scale_collapse_is_reported(tmp_path):
     with pytest.raises(NonFinite, match=r"4 consecutive non-finite steps .*fp16 loss scale fell to 4096"):
         look_at_device(r, None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_an_error_in_a_save_that_is_not_a_failed_write_is_not_reported_as_one(train, tmp_path, monkeypatch):
+    """Only write failures are write failures (exit 4, "free some space"): an out-of-memory error in the middle of
+    a save is raised as what it is."""
+    import accelerate
+
+    def out_of_memory(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train("--recipe", QUICK, "train.epochs=1", "log.trackers=[]", f"output_dir={tmp_path / 'run'}")
+
+
+def test_a_lost_peer_is_recognised_by_what_torch_raises_not_by_words():
+    """A RuntimeError that mentions gloo or a timeout is not a lost peer unless torch raised it for a collective
+    (hw3.dist.peers); torch's own DistError always is."""
+    import torch.distributed
+
+    from hw3.dist.peers import raised_by_collective
+
+    def raise_it(error):
+        try:
+            raise error
+        except Exception as e:
+            return e
+
+    assert not raised_by_collective(raise_it(RuntimeError("gloo: Connection reset by peer; Timed out")))
+    assert not raised_by_collective(raise_it(torch.OutOfMemoryError("NCCL out of memory")))
+    assert raised_by_collective(raise_it(torch.distributed.DistNetworkError("a peer closed the connection")))

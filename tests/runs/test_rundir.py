@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from hw3.runs.layout import LOCK as LOCK_FILE
 from hw3.runs.lock import RunDirLock
@@ -207,3 +209,66 @@ def test_the_lock_file_is_not_a_run(tmp_path):
     Path(tmp_path / "r").mkdir()
     RunDirLock(tmp_path / "r").release(keep=False)
     assert (tmp_path / "r").exists()  # it existed before: not this lock's to remove
+
+
+def applied_lr(checkpoint: Path) -> float:
+    """The lr the optimizer applied at the step a checkpoint was saved (its first group, without its lr scale)."""
+    group = torch.load(checkpoint / "optimizer.bin", weights_only=True)["param_groups"][0]
+    return group["lr"] / group.get("lr_scale", 1.0)
+
+
+def test_max_steps_stops_one_launch_and_the_run_continued_without_it_ends_as_an_uninterrupted_one(train, tmp_path):
+    """train.max_steps is a limit of one launch, never the run's length: the launch stops after the run's 5th
+    step with a checkpoint there (the schedule never hears of it); the same command has nothing to do; without
+    it, the run ends bit for bit where a run that never had it ends."""
+    two = ["--recipe", QUICK, "train.epochs=2", "log.trackers=[]"]
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert train(*two, f"output_dir={reference}").code == 0
+    stopped = train(*two, "train.max_steps=5", f"output_dir={run_dir}")
+    assert stopped.code == 0, stopped.err
+    assert stopped.out.strip().splitlines()[-1] == (
+        f"stopped at train.max_steps=5 (epoch 0, batch 5); checkpoint {run_dir / 'checkpoints/epoch0000-batch000005'}"
+        " saved; rerun without train.max_steps, or with a larger one, to continue"
+    )
+    assert not (run_dir / "summary.json").exists() and read_metrics(run_dir) == []
+    again = train(*two, "train.max_steps=5", f"output_dir={run_dir}")
+    assert again.code == 0 and again.out.strip() == (
+        f"{run_dir} stopped at train.max_steps=5 (step 5: epoch 0, batch 5); rerun without train.max_steps, or with "
+        "a larger one, to continue"
+    )
+    assert train(*two, "train.max_steps=30", f"output_dir={run_dir}").code == 0  # a larger one: into epoch 1
+    resumed = train(*two, f"output_dir={run_dir}")
+    assert resumed.code == 0, resumed.err
+    assert read_metrics(run_dir) == [
+        {**row, **{k: read_metrics(run_dir)[i][k] for k in ("epoch_time_s", "images_per_s", "train_time_s")}}
+        for i, row in enumerate(read_metrics(reference))
+    ]  # every value but the timings
+    final = "checkpoints/epoch0001-batch000021/model.safetensors"
+    mine, theirs = load_file(str(run_dir / final)), load_file(str(reference / final))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert read_summary(run_dir)["test_acc"] == read_summary(reference)["test_acc"]
+
+
+def test_a_checkpoint_named_by_train_resume_is_checked_like_any_resume_and_the_lr_logged_is_the_lr_applied(
+    train, tmp_path
+):
+    """train.resume=PATH used to skip the recipe check: a changed lr was logged (x its schedule factor) while the
+    optimizer applied the checkpoint's own. Now it is refused like any other change of recipe, and the lr in
+    metrics.jsonl is read from the optimizer."""
+    run_dir = tmp_path / "run"
+    assert train(*ONE_EPOCH, f"output_dir={run_dir}").code == 0
+    checkpoint = run_dir / "checkpoints" / "epoch0000-batch000021"
+    extend = ["--recipe", QUICK, "train.epochs=2", "train.extend_epochs=true", "log.trackers=[]"]
+    refused = train(*extend, f"train.resume={checkpoint}", "optim.lr=0.5", f"output_dir={run_dir}")
+    assert refused.code == 2
+    assert refused.err.strip() == (
+        f"error: train.resume: {checkpoint} is a checkpoint of {run_dir}, which was trained with another recipe "
+        "(optim.lr 0.003 -> 0.5); use another output_dir, or train.resume=never train.overwrite=true to start it over"
+    )
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 0.003
+    extended = train(*extend, f"train.resume={checkpoint}", f"output_dir={run_dir}")
+    assert extended.code == 0, extended.err
+    rows = read_metrics(run_dir)
+    assert [row["lr"] for row in rows] == [
+        applied_lr(run_dir / "checkpoints" / name) for name in ("epoch0000-batch000021", "epoch0001-batch000021")
+    ]
