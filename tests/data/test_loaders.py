@@ -101,3 +101,37 @@ def test_resolve_input_prefers_recipe_then_pretrained_then_dataset():
     assert mine.size == 16 and mine.mean == [0.5]
     with pytest.raises(UserError, match="data.mean: 3 values for a model fed 1-channel images"):
         resolve_input(DataConfig(mean=[0.1, 0.2, 0.3]), src, None)
+
+
+def test_per_sample_draws_are_todays_and_leave_the_trainings_random_stream_alone():
+    """Each sample's augmentation is drawn from torch's generator seeded by the sample's key: exactly what
+    `fork_rng` + `torch.manual_seed(seed)` gave (so resumes and the two input paths stay equal across the change
+    that made it 30x cheaper), and the caller's random stream is where it was."""
+    import torch
+    from PIL import Image
+
+    from hw3.data.loaders import SampleDataset
+    from hw3.data.sources import Split
+    from hw3.data.transforms import auto_augment, photo_transform
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 40, 48), generator=gen, dtype=torch.uint8)
+    photos = [Image.fromarray(i.permute(1, 2, 0).numpy()) for i in images]
+    cases = [
+        (Split(torch.arange(4), reader=lambda i: photos[i]), "resized_crop_flip", 0,
+         photo_transform("resized_crop_flip", 24, 0, 0.875, "randaugment", True),
+         lambda i: (i, 0, 0, False, 1000 + 7 * i)),
+        (Split(torch.arange(4), images=images[:, :, :32, :32].contiguous()), "crop_flip", 4,
+         auto_augment("trivialaugment"), lambda i: (i, 2, 3, i % 2 == 0, 99 + i)),
+    ]  # fmt: skip
+    for split, policy, padding, transform, key in cases:
+        dataset, plain = SampleDataset(split, policy, padding, transform), SampleDataset(split, policy, padding)
+        torch.manual_seed(1234)
+        before = torch.rand(3)
+        torch.manual_seed(1234)
+        for i in range(4):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(key(i)[-1])
+                expected = transform(plain[key(i)][0])
+            assert torch.equal(dataset[key(i)][0], expected)
+        assert torch.equal(torch.rand(3), before)  # the caller's stream did not move

@@ -256,7 +256,7 @@ def test_two_searches_share_one_study_in_postgresql(postgres, tmp_path):
         for _ in range(2)
     ]
     outputs = [w.communicate(timeout=900)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], [o[:1500] for o in outputs]
+    assert [w.returncode for w in workers] == [0, 0], "\n---\n".join(o[-6000:] for o in outputs)
     study = optuna.load_study(study_name="hw3", storage=postgres)
     trials = [t for t in study.get_trials() if not t.user_attrs.get("fail_reason", "").startswith("surplus")]
     assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
