@@ -89,7 +89,7 @@ def resolve_input(cfg: DataConfig, src: Source, pretrained: Optional[dict]) -> I
             (cfg.image_size, "data.image_size"),
             (pretrained_size, "the pretrained weights' input size"),
             (src.native_size, "the images' own size"),
-            (224, "224: the images differ in size"),
+            (224, "224, as the images differ in size; data.image_size sets another"),
         )
         if value
     )
@@ -128,6 +128,9 @@ class Data:
         self.policy = cfg.augment or src.augment
         self.padding = src.crop_padding if cfg.crop_padding is None else cfg.crop_padding
         self.on_device, self.path_reason = choose_device_path(cfg, src, self.policy, device)
+        self.workers, self.workers_why = (
+            (cfg.num_workers, "data.num_workers") if cfg.num_workers is not None else (default_workers(device, world))
+        )
         self.stage = InputStage(spec.size, spec.channels, spec.mean, spec.std, device, channels_last)
         self.loaders = {}
         for name, split in (("train", src.train), ("val", src.val), ("test", src.test)):
@@ -141,11 +144,10 @@ class Data:
             transform = photo_transform(self.policy, spec.size, self.padding, spec.crop_pct, cfg.auto_augment, train)
         else:  # in memory: crop and flip come with the sample's key; only auto-augment remains per sample
             transform = auto_augment(cfg.auto_augment) if train else None
-        workers = default_workers(device, self.world) if cfg.num_workers is None else cfg.num_workers
         return WorkerLoader(
             SampleDataset(split, self.policy, self.padding, transform),
             device,
-            workers,
+            self.workers,
             pin_memory=device.type == "cuda" if cfg.pin_memory is None else cfg.pin_memory,
             persistent_workers=keep if cfg.persistent_workers is None else cfg.persistent_workers,
             prefetch_factor=cfg.prefetch_factor,
@@ -191,7 +193,7 @@ def choose_device_path(cfg: DataConfig, src: Source, policy: str, device: torch.
     path when it can."""
     blockers = []
     if not src.in_memory:
-        blockers.append(f"{cfg.name} is read from disk image by image")
+        blockers.append(src.lazy_reason or f"{cfg.name} is read from disk image by image")
     if policy not in ("none",) + CROPS + FLIPS:
         blockers.append(f"data.augment={policy} runs per sample in torchvision")
     if cfg.auto_augment:
@@ -210,7 +212,13 @@ def choose_device_path(cfg: DataConfig, src: Source, policy: str, device: torch.
     return True, f"data.loader={cfg.loader}: the images fit in memory"
 
 
-def default_workers(device: torch.device, world: int) -> int:
-    """DataLoader workers per process: the CPUs a process can spare (a CPU run needs its cores for compute)."""
-    per_process = max(1, (os.cpu_count() or 1) // max(1, world))
-    return min(8, per_process) if device.type == "cuda" else min(2, per_process // 2)
+def default_workers(device: torch.device, world: int) -> tuple[int, str]:
+    """(DataLoader workers per process, why): the CPUs a process can spare. On a GPU up to 8 per process decode
+    while the GPU computes; on a CPU the training process needs its cores for the model, so workers get what is
+    left of half of them (2 processes on 2 cores: none, each process decodes its own batches)."""
+    cpus = os.cpu_count() or 1
+    per_process = max(1, cpus // max(1, world))
+    if device.type == "cuda":
+        return min(8, per_process), f"{cpus} CPUs for {world} process(es), up to 8 each"
+    workers = min(2, per_process // 2)
+    return workers, f"{cpus} CPU cores for {world} process(es) that also compute; data.num_workers sets another"

@@ -47,12 +47,13 @@ def files_fingerprint(paths: list[str]) -> str:
 
 
 def cached(
-    description: dict, decode: Callable[[], dict[str, Optional[torch.Tensor]]], enabled: bool
+    describe: Callable[[], dict], decode: Callable[[], dict[str, Optional[torch.Tensor]]], enabled: bool
 ) -> tuple[dict[str, Optional[torch.Tensor]], str]:
     """The tensors `decode()` returns ({"train": uint8 (N, C, H, W), ...}), from the cache when it holds them for
-    `description`; (tensors, "cache hit" | "decoded, cached" | "decoded") for the console."""
+    what `describe()` says they are; (tensors, "cache hit" | "decoded, cached" | "decoded") for the console."""
     if not enabled:
         return decode(), "decoded"
+    description = describe()
     entry = cache_root() / key_of(description)
     if entry.is_dir() and verify(entry) is None:
         stored = load_file(str(entry / "images.safetensors"))

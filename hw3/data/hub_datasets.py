@@ -97,7 +97,8 @@ def from_hub(dsd, cfg: DataConfig) -> Source:
     for name, table in tables.items():
         if table is None:
             continue
-        labels = torch.from_numpy(np.asarray(table[label_col], dtype=np.int64))
+        # through Arrow: np.asarray(table[label_col]) walks a Python list (0.65 s per 50,000 rows)
+        labels = torch.from_numpy(table.with_format("arrow")[label_col].to_numpy().astype(np.int64))
         images = table.select_columns([image_col]).cast_column(image_col, datasets.Image(decode=False))
         mode = mode or first_mode(images, image_col)
         splits[name] = Split(labels, reader=HubReader(images, image_col, mode, f"{where}[{name}]"))
@@ -115,7 +116,7 @@ def from_hub(dsd, cfg: DataConfig) -> Source:
     )
     tables = {name: table._fingerprint for name, table in tables.items() if table is not None}
     description = dict(kind="hf", path=str(where), image=image_col, label=label_col, mode=mode, tables=tables)
-    return settle(src, cfg, description)
+    return settle(src, cfg, lambda: description)
 
 
 def first_mode(table, column: str) -> str:

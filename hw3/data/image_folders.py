@@ -73,5 +73,4 @@ def imagefolder(cfg: DataConfig) -> Source:
         splits["train"], splits.get("val"), splits.get("test"), classes, 1 if mode == "L" else 3, "resized_crop_flip"
     )
     every = [path for paths, _ in listed.values() for path in paths]
-    description = dict(kind="imagefolder", mode=mode, files=files_fingerprint(every))
-    return settle(src, cfg, description)
+    return settle(src, cfg, lambda: dict(kind="imagefolder", mode=mode, files=files_fingerprint(every)))

@@ -10,7 +10,7 @@ back instead of decoding every image again.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from hw3.config import DataConfig
 from hw3.data.cache import cached
 from hw3.data.sources import Source, Split
 
-# Sets with images up to this side are decoded into memory (like CIFAR), unless data.loader says no.
+# Sets with images up to this side are decoded into memory (like CIFAR), unless data.loader says no, or unless
+# they hold more than IN_MEMORY_MAX_IMAGES images, train, validation and test counted together.
 IN_MEMORY_MAX_SIDE = 64
 IN_MEMORY_MAX_IMAGES = 200_000
 SIZE_SAMPLE = 1000  # images whose headers decide a lazy set's common size (spread evenly over each split)
@@ -41,19 +42,27 @@ def common_side(src: Source) -> Optional[int]:
     return width if width == height else None
 
 
-def settle(src: Source, cfg: DataConfig, description: dict) -> Source:
+def settle(src: Source, cfg: DataConfig, describe: Callable[[], dict]) -> Source:
     """Decode `src` into memory when its images are small and alike (through the cache), else keep it lazy with
-    its common side noted. `description` keys the cache (what the images are)."""
+    its common side noted. `describe()` says what the images are, to key the cache: called only when the cache
+    applies (for an image folder it stats every file)."""
     total = sum(len(s) for s in splits_of(src).values())
-    if cfg.loader == "dataloader" or total > IN_MEMORY_MAX_IMAGES:
-        return replace(src, side=common_side(src))
+    if cfg.loader == "dataloader":
+        return replace(src, side=common_side(src), lazy_reason="data.loader=dataloader")
+    if total > IN_MEMORY_MAX_IMAGES:
+        return replace(
+            src,
+            side=common_side(src),
+            lazy_reason=f"{total:,} images (train, validation and test together) are over the {IN_MEMORY_MAX_IMAGES:,} "
+            f"that are decoded into memory",
+        )
     side = common_side(src)
     if side is None or side > IN_MEMORY_MAX_SIDE:
         return replace(src, side=side)
     try:
-        tensors, how = cached(dict(description, side=side), lambda: decode(src, side), cfg.cache)
+        tensors, how = cached(lambda: dict(describe(), side=side), lambda: decode(src, side), cfg.cache)
     except MixedSizes:
-        return replace(src, side=None)
+        return replace(src, side=None, lazy_reason="its images differ in size")
     splits = {name: replace(split, images=tensors[name], reader=None) for name, split in splits_of(src).items()}
     return replace(
         src,

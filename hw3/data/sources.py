@@ -113,6 +113,7 @@ class Source:
     crop_padding: int = 0  # its default crop padding, px
     side: Optional[int] = None  # read from disk: the side all its images share (square), if they do
     note: str = ""  # how the images were prepared (decoded, read from the cache), for the console
+    lazy_reason: str = ""  # why a set of small images is read from disk image by image, for the console
     noisy_labels: int = 0  # training labels flipped by data.label_noise
 
     @property

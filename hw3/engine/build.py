@@ -195,11 +195,13 @@ def describe(run: Run) -> str:
     name = f"synthetic stand-in for {cfg.data.name} (smoke mode)" if cfg.smoke else cfg.data.name
     mode = compile_mode(cfg.train)
     data = run.data
+    path = "device-resident input" if data.on_device else "DataLoader input"
+    workers = "" if data.on_device else f"; {data.workers} worker(s) per process: {data.workers_why}"
     return (
         f"data: {name}, {len(src.train)} train / {len(src.val)} val / {len(src.test) if src.test else 0} test "
         f"images, {len(src.classes)} classes{f'; {src.note}' if src.note else ''}\n"
-        f"input: {data.stage.size}px x{data.stage.channels} ({data.spec.size_from}), "
-        f"{'device-resident' if data.on_device else 'DataLoader'} input ({data.path_reason})\n"
+        f"input: {data.stage.size}px x{data.stage.channels} ({data.spec.size_from}), {path} ({data.path_reason}"
+        f"{workers})\n"
         f"model: {cfg.model.name}, {params / 1e6:.2f}M parameters, small-input stem "
         f"{'on' if run.card['small_input'] else 'off'}; {accelerator.num_processes} process(es) on "
         f"{device_name(accelerator)}, mixed precision {accelerator.mixed_precision}"

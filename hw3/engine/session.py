@@ -124,6 +124,7 @@ def launch(cfg: Config, run_dir: Path, command: list[str]) -> int:
                 accelerator.print(start.done)
                 launch.ending, code = "nothing to do; exit 0", 0
                 return code
+            accelerator.print(start.said(run_dir))  # before the data and the model zoo are loaded
             crash_point("start_up")
             set_seed(cfg.seed)
             launch.run = build_run(cfg, accelerator, run_dir)
@@ -209,7 +210,6 @@ def start_run(run: Run, start: Start, command: list[str]) -> None:
     if start.resume_from is not None:
         load_checkpoint(accelerator, start.resume_from, run.components(), run.own(), run.tensors())
         set_initial_lr(run.cfg.optim, run.optimizer)  # the checkpoint's copy of it is the recipe's, checked
-        accelerator.print(f"resuming from {start.resume_from} (epoch {run.state.epoch}, batch {run.state.batch})")
         if start.old_epochs is not None:
             accelerator.print(epochs_notice(run, start.old_epochs))
     run.state.wandb_id = run.state.wandb_id or new_wandb_id(run.cfg)

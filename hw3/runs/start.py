@@ -62,6 +62,17 @@ class Start:
     done: Optional[str] = None  # nothing to do: this line says why, and nothing else happens
     old_epochs: Optional[int] = None  # train.epochs the run was laid out for, when extend_epochs changes it
     rejected: list = field(default_factory=list)  # (checkpoint, what is wrong) for newer ones that did not verify
+    position: tuple[int, int] = (0, 0)  # (epoch, batch) the checkpoint continues from
+
+    def said(self, run_dir: Path) -> str:
+        """The launch's first line: what it is about to do (the run's own lines follow once it is built)."""
+        if self.resume_from is not None:
+            return f"resuming from {self.resume_from} (epoch {self.position[0]}, batch {self.position[1]})"
+        if self.restart:
+            return f"starting the run in {run_dir} over from epoch 0"
+        if self.wipe:
+            return f"starting the run in {run_dir} over (what was there is replaced)"
+        return f"starting a new run in {run_dir}"
 
 
 def contents(run_dir: Path) -> list[Path]:
@@ -109,7 +120,8 @@ def resume(cfg: Config, record: Path, checkpoint: Path, run_dir: Path, rejected:
             done=f"{run_dir} stopped at train.max_steps={cfg.train.max_steps} (step {state['step']}: {position}); "
             f"rerun without train.max_steps, or with a larger one, to continue"
         )
-    return Start(resume_from=checkpoint, old_epochs=old_epochs, rejected=rejected)
+    position = (state["epoch"], state["batch"])
+    return Start(resume_from=checkpoint, old_epochs=old_epochs, rejected=rejected, position=position)
 
 
 def explicit_resume(cfg: Config, run_dir: Path, path: Path, occupied: bool) -> Start:
