@@ -103,6 +103,32 @@ def accelerate_bin() -> str:
     return str(Path(sys.executable).with_name("accelerate"))
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_two(args, run_dir: Path, cwd: Path = None, **env) -> Result:
+    """`train.py ARGS output_dir=RUN_DIR` as 2 gloo processes (accelerate_configs/cpu_ddp.yaml), on a port of its
+    own so that two launches can run at once."""
+    config = ROOT / "accelerate_configs" / "cpu_ddp.yaml"
+    port = ["--main_process_port", str(free_port())]
+    cmd = [
+        accelerate_bin(),
+        "launch",
+        "--config_file",
+        config,
+        *port,
+        ROOT / "train.py",
+        *args,
+        f"output_dir={run_dir}",
+    ]
+    return run_command(cmd, cwd=cwd or run_dir.parent, timeout=400, **env)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -30,6 +30,7 @@ def test_the_readme_has_the_commands_this_test_runs():
         "python -m hw3.report",
         "python -m hw3.predict",
         "python -m hw3.search",
+        "python -m hw3.shards",
     } <= kinds
     assert "python -m hw3.export" in kinds
     assert any(c.startswith("accelerate launch --config_file") for c in COMMANDS)
@@ -63,6 +64,7 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
     from hw3.cli.predict import main as predict_main
     from hw3.cli.report import main as report_main
     from hw3.cli.search import main as search_main
+    from hw3.cli.shards import main as shards_main
     from hw3.cli.sweep import main as sweep_main
     from hw3.cli.train import main as train_main
 
@@ -96,6 +98,8 @@ def test_every_readme_command_runs_in_order(tmp_path, monkeypatch, capsys):
             code = sweep_main([*argv[3:], "--seeds", "1", *SHORT])
         elif argv[:3] == ["python", "-m", "hw3.search"]:
             code = search_main([*argv[3:], "--trials", "1", *SHORT])
+        elif argv[:3] == ["python", "-m", "hw3.shards"]:
+            code = shards_main(argv[3:])
         else:
             pytest.fail(f"README command not covered by this test: {command}")
         assert code == 0, f"{command}\n{capsys.readouterr().err}"

@@ -12,10 +12,16 @@ from typing import Any, Optional, Union
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # dataset: digits, mnist, cifar10, cifar100, oxford_pet, hf, imagefolder, synthetic
+    name: str = "digits"  # dataset: digits, mnist, cifar10, cifar100, oxford_pet, hf, imagefolder, shards, synthetic
     root: str = "data"  # folder holding (or receiving) torchvision datasets; the tree for imagefolder
     download: bool = False  # let torchvision / the Hub fetch missing files (main process only)
-    path: Optional[str] = None  # hf: Hub dataset id, local dataset folder, or parquet file(s)
+    # hf: Hub dataset id, local dataset folder, or parquet file(s); shards: a folder or URL with index.json, the
+    # index itself, or a brace pattern / glob of parquet files (any fsspec URL: s3://, gs://, hf://, https://)
+    path: Optional[str] = None
+    streaming: bool = False  # hf: read the Hub set's parquet files as shards, a window at a time (no full download)
+    shuffle_shards: int = 4  # shards, streaming: shards whose samples are shuffled together (the shuffle's window)
+    cache_shards: int = 16  # shards, streaming: fetched shards each process keeps on local disk, at most
+    max_bad_samples: int = 100  # unreadable samples (each warned, skipped and counted) before the run stops
     config_name: Optional[str] = None  # hf: dataset configuration name
     revision: Optional[str] = None  # hf: git revision on the Hub
     trust_remote_code: bool = False  # hf: allow dataset loading scripts (recent `datasets` refuse them anyway)

@@ -17,8 +17,9 @@ import torch
 
 from hw3.config import DataConfig
 from hw3.config.rules import at_least, between, check_section, require
-from hw3.data import bundled, hub_datasets, image_folders, torchvision_datasets  # noqa: E402, F401, I001 (they register)
+from hw3.data import bundled, hub_datasets, image_folders, shards, torchvision_datasets  # noqa: E402, F401, I001 (they register)
 from hw3.data.loaders import DeviceLoader, SampleDataset, WorkerLoader, eval_positions, train_positions
+from hw3.data.shards import plan
 from hw3.data.sources import DATASETS, Source, Split, load_source
 from hw3.data.transforms import (
     AUTO_AUGMENTS,
@@ -47,6 +48,9 @@ RULES = {
     "mean": ((lambda v: len(v) in (1, 3)), "give 1 or 3 values"),
     "std": ((lambda v: len(v) in (1, 3) and min(v) > 0), "give 1 or 3 values > 0"),
     "label_noise": between(0, 1),
+    "shuffle_shards": at_least(1),
+    "cache_shards": at_least(2),
+    "max_bad_samples": at_least(0),
 }
 
 
@@ -55,6 +59,13 @@ def check_data(cfg: DataConfig) -> None:
     check_section(cfg, "data", RULES, {"loader": LOADERS, "augment": POLICIES, "auto_augment": AUTO_AUGMENTS})
     DATASETS.get(cfg.name, "data.name")
     require(cfg.name != "hf" or bool(cfg.path), "data.path: required with data.name=hf (a Hub id or a folder)")
+    require(
+        cfg.name != "shards" or bool(cfg.path), "data.path: required with data.name=shards (a folder, URL or pattern)"
+    )
+    require(not cfg.streaming or cfg.name == "hf", "data.streaming: only with data.name=hf (data.name=shards streams)")
+    streamed = cfg.name == "shards" or cfg.streaming
+    require(not (streamed and cfg.label_noise), "data.label_noise: not with a streamed dataset (its labels are read "
+            "one sample at a time)")  # fmt: skip
 
 
 def open_source(cfg: DataConfig, smoke: bool = False) -> Source:
@@ -98,6 +109,8 @@ def resolve_input(cfg: DataConfig, src: Source, pretrained: Optional[dict]) -> I
         mean, std = cfg.mean or [0.5] * channels, cfg.std or [0.25] * channels
     elif pretrained:
         mean, std = list(pretrained["mean"]), list(pretrained["std"])
+    elif src.stats is not None:
+        mean, std = src.stats
     elif src.in_memory:
         mean, std = channel_stats(src.train.images)
     else:  # photos read from disk: ImageNet statistics describe them well enough
@@ -125,6 +138,9 @@ class Data:
     ):
         self.src, self.spec, self.world, self.rank, self.seed = src, spec, world, rank, seed
         self.drop_last = drop_last  # train only on full batches (CUDA graphs replay one batch shape)
+        self.streamed = getattr(src.train, "streamed", False)
+        self.window = cfg.shuffle_shards  # a streamed set's shuffle window, in shards
+        self.regrouped: Optional[tuple[int, list]] = None  # (epoch, what is left of it) after a change of world
         self.policy = cfg.augment or src.augment
         self.padding = src.crop_padding if cfg.crop_padding is None else cfg.crop_padding
         self.on_device, self.path_reason = choose_device_path(cfg, src, self.policy, device)
@@ -141,7 +157,8 @@ class Data:
         if self.on_device:
             return DeviceLoader(split, device, self.policy, self.padding)
         if split.images is None or (train and self.policy == "resized_crop_flip"):
-            transform = photo_transform(self.policy, spec.size, self.padding, spec.crop_pct, cfg.auto_augment, train)
+            crop_pct = 1.0 if self.src.evaluated_whole else spec.crop_pct  # small images: evaluated whole
+            transform = photo_transform(self.policy, spec.size, self.padding, crop_pct, cfg.auto_augment, train)
         else:  # in memory: crop and flip come with the sample's key; only auto-augment remains per sample
             transform = auto_augment(cfg.auto_augment) if train else None
         return WorkerLoader(
@@ -158,10 +175,14 @@ class Data:
     def num_train(self) -> int:
         return len(self.src.train)
 
-    def batch_sizes(self, batch_size: int) -> list[int]:
+    def batch_sizes(self, batch_size: int, epoch: Optional[int] = None) -> list[int]:
         """Images per process in each training batch of an epoch at global batch `batch_size` (the last one may be
-        smaller; with drop_last it is left out)."""
-        per_process, shard = batch_size // self.world, math.ceil(self.num_train / self.world)
+        smaller; with drop_last it is left out). A streamed epoch regrouped for another number of processes has
+        what was left of it."""
+        total = self.num_train
+        if self.regrouped is not None and self.regrouped[0] == epoch:
+            total = sum(b - a for a, b in self.regrouped[1])
+        per_process, shard = batch_size // self.world, math.ceil(total / self.world)
         sizes = [per_process] * (shard // per_process)
         if shard % per_process and not self.drop_last:
             sizes.append(shard % per_process)
@@ -172,7 +193,10 @@ class Data:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch `epoch` at global batch `batch_size`, from batch `start_batch` on (mid-epoch resume)."""
         per_process = batch_size // self.world
-        end = sum(self.batch_sizes(batch_size))
+        end = sum(self.batch_sizes(batch_size, epoch))
+        if self.streamed:
+            yield from self.streamed_train(epoch, per_process, start_batch * per_process, end)
+            return
         positions = train_positions(self.num_train, self.world, self.rank, self.seed, epoch)[
             start_batch * per_process : end
         ]
@@ -184,8 +208,62 @@ class Data:
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(getattr(self.src, split))
         per_process = max(1, batch_size // self.world)
-        for x, y in self.loaders[split].batches(eval_positions(n, self.world, self.rank), per_process, None):
+        if self.streamed:
+            keys = plan.eval_keys(n, self.world, self.rank, per_process)
+            count = math.ceil(
+                len(range(self.rank * math.ceil(n / self.world), n)[: math.ceil(n / self.world)]) / per_process
+            )
+            batches = self.loaders[split].stream(keys, count)
+        else:
+            batches = self.loaders[split].batches(eval_positions(n, self.world, self.rank), per_process, None)
+        for x, y in batches:
             yield self.stage(x), y
+
+    def streamed_train(self, epoch: int, per_process: int, skip: int, end: int):
+        """A streamed epoch: this process's piece of the epoch's order (hw3.data.shards.plan), from sample `skip`
+        to `end`; the next window's shards fetched while the current one trains."""
+        split = self.src.train
+        order = plan.EpochOrder(split.counts, self.seed, epoch, self.window)
+        segment = self.regrouped[1] if self.regrouped is not None and self.regrouped[0] == epoch else [(0, order.total)]
+        _, ranges = plan.piece(segment, self.world, self.rank)
+
+        def ahead(w: int) -> None:
+            if w + 1 < len(order.windows):
+                split.reader.prefetch(order.windows[w + 1].tolist())
+
+        keys = plan.train_keys(order, ranges, skip, end - skip, per_process, ahead)
+        for x, y in self.loaders["train"].stream(keys, math.ceil((end - skip) / per_process)):
+            yield self.stage(x), y
+
+    def unreadable(self) -> list[str]:
+        """What was wrong with each sample skipped since the last call (a streamed set's damaged samples)."""
+        found = []
+        for loader in self.loaders.values():
+            found += getattr(loader, "skipped", [])
+            if hasattr(loader, "skipped"):
+                loader.skipped = []
+        return found
+
+    def state_dict(self) -> dict:
+        """A streamed epoch regrouped for another number of processes: what was left of it (a checkpoint keeps it)."""
+        return dict(world=self.world, regrouped=list(self.regrouped) if self.regrouped else None)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saved = state
+
+    def resume_at(self, epoch: int, batch: int, batch_size: int) -> int:
+        """The batch a resumed epoch continues from. A streamed run resumed by another number of processes in the
+        middle of an epoch goes on with what the old processes had not reached of their pieces, cut again for
+        this number (every remaining sample once; hw3.data.shards.plan): from batch 0 of that."""
+        saved = getattr(self, "saved", None) or dict(world=self.world, regrouped=None)
+        old = saved["regrouped"]
+        self.regrouped = (old[0], [tuple(r) for r in old[1]]) if old and old[0] == epoch else None
+        if saved["world"] == self.world or batch == 0:
+            return batch
+        segment = self.regrouped[1] if self.regrouped else [(0, self.num_train)]
+        consumed = batch * (batch_size // saved["world"])
+        self.regrouped = (epoch, plan.remainder(segment, saved["world"], consumed))
+        return 0
 
 
 def choose_device_path(cfg: DataConfig, src: Source, policy: str, device: torch.device) -> tuple[bool, str]:

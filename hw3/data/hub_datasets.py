@@ -40,7 +40,13 @@ class HubReader:
 
 @DATASETS.register("hf")
 def hub(cfg: DataConfig) -> Source:
-    """Any image-classification dataset `datasets.load_dataset` can open: a Hub id, a folder, parquet files."""
+    """Any image-classification dataset `datasets.load_dataset` can open: a Hub id, a folder, parquet files; with
+    data.streaming, its parquet files read as shards (hw3.data.shards), nothing downloaded whole."""
+    if cfg.streaming:
+        from hw3.data.shards import streamed_source
+        from hw3.data.shards.index import hub_index
+
+        return streamed_source(hub_index(cfg), cfg)
     path = cfg.path
     kwargs = dict(name=cfg.config_name, revision=cfg.revision)
     if cfg.trust_remote_code:  # only ever passed when the recipe turns it on

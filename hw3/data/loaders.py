@@ -13,13 +13,15 @@ batch B would see. Evaluation shards without padding, so counts are exact when s
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
+from hw3.data.shards.reader import BadSample
 from hw3.data.sources import Split
 from hw3.data.transforms import AugParams, crop_flip, epoch_seed
+from hw3.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (uint8 images on the device, int64 labels on the device)
 
@@ -63,19 +65,41 @@ class SampleDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key):
         i, dy, dx, flip, seed = key
         if self.split.images is not None:
-            x = self.split.images[i]
+            x, label = self.split.images[i], int(self.split.labels[i])
             if dy >= 0:  # dy < 0 marks "no augmentation" (evaluation)
                 x = crop_flip(
                     x[None], torch.tensor([dy]), torch.tensor([dx]), torch.tensor([flip]), self.policy, self.padding
                 )[0]
+        elif getattr(self.split, "streamed", False):
+            try:
+                x, label = self.split.read(i)
+            except BadSample as e:  # skipped and counted by the loader
+                return Unreadable(str(e))
         else:
-            x = self.split.reader(i)
+            x, label = self.split.reader(i), int(self.split.labels[i])
         if self.transform is not None:
             x = seeded(seed, self.transform, x)  # per-sample RNG: the same draw whichever worker runs it
-        return x, int(self.split.labels[i])
+        return x, label
+
+
+class Unreadable:
+    """A sample that could not be read (a streamed set's damaged sample), in place of it in a batch."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def collate(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """A batch of the readable samples, and what was wrong with the others."""
+    skipped = [item.message for item in items if isinstance(item, Unreadable)]
+    good = [item for item in items if not isinstance(item, Unreadable)]
+    if not good:
+        raise UserError(f"every sample of a batch is unreadable ({skipped[0]}, ...)")
+    x, y = torch.utils.data.default_collate(good)
+    return x, y, skipped
 
 
 def seeded(seed: int, transform, x):
@@ -93,10 +117,15 @@ def seeded(seed: int, transform, x):
 
 
 class KeyBatches:
-    """The DataLoader's batch sampler; `set` swaps in the next epoch's keys (persistent workers keep running)."""
+    """The DataLoader's batch sampler; `set` swaps in the next epoch's keys (persistent workers keep running), or
+    `stream` a generator of them (a streamed set: the keys are made as they are needed)."""
 
     def __init__(self):
-        self.keys: list[list[tuple]] = []
+        self.keys: Iterable[list[tuple]] = []
+        self.count = 0
+
+    def stream(self, batches: Iterator[list[tuple]], count: int) -> None:
+        self.keys, self.count = batches, count
 
     def set(self, indices: torch.Tensor, batch: int, params: Optional[AugParams]) -> None:
         idx = indices.tolist()
@@ -106,12 +135,13 @@ class KeyBatches:
             cols = [t[indices].tolist() for t in (params.dy, params.dx, params.flip, params.seed)]
             rows = list(zip(idx, *cols, strict=True))
         self.keys = [rows[s : s + batch] for s in range(0, len(rows), batch)]
+        self.count = len(self.keys)
 
     def __iter__(self):
         return iter(self.keys)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self.count
 
 
 class WorkerLoader:
@@ -126,9 +156,11 @@ class WorkerLoader:
         seed: int,
     ):
         self.device, self.sampler = device, KeyBatches()
+        self.skipped: list[str] = []  # unreadable samples met since the last look (their messages)
         self.loader = DataLoader(
             dataset,
             batch_sampler=self.sampler,
+            collate_fn=collate,
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers and num_workers > 0,
@@ -138,5 +170,13 @@ class WorkerLoader:
 
     def batches(self, indices: torch.Tensor, batch: int, params: Optional[AugParams]) -> Iterator[Batch]:
         self.sampler.set(indices, batch, params)
-        for x, y in self.loader:
+        yield from self.load()
+
+    def stream(self, keys: Iterator[list[tuple]], count: int) -> Iterator[Batch]:
+        self.sampler.stream(keys, count)
+        yield from self.load()
+
+    def load(self) -> Iterator[Batch]:
+        for x, y, skipped in self.loader:
+            self.skipped += skipped
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

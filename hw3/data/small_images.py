@@ -57,8 +57,10 @@ def settle(src: Source, cfg: DataConfig, describe: Callable[[], dict]) -> Source
             f"that are decoded into memory",
         )
     side = common_side(src)
-    if side is None or side > IN_MEMORY_MAX_SIDE:
-        return replace(src, side=side)
+    if side is None:
+        return replace(src, side=None, lazy_reason="its images differ in size")
+    if side > IN_MEMORY_MAX_SIDE:
+        return replace(src, side=side, lazy_reason=f"its images are over {IN_MEMORY_MAX_SIDE} px")
     try:
         tensors, how = cached(lambda: dict(describe(), side=side), lambda: decode(src, side), cfg.cache)
     except MixedSizes:

@@ -114,11 +114,18 @@ class Source:
     side: Optional[int] = None  # read from disk: the side all its images share (square), if they do
     note: str = ""  # how the images were prepared (decoded, read from the cache), for the console
     lazy_reason: str = ""  # why a set of small images is read from disk image by image, for the console
+    stats: Optional[tuple[list[float], list[float]]] = None  # per-channel mean and std, when known without reading
     noisy_labels: int = 0  # training labels flipped by data.label_noise
 
     @property
     def in_memory(self) -> bool:
         return self.train.images is not None
+
+    @property
+    def evaluated_whole(self) -> bool:
+        """Are its images evaluated as they are, resized (small images of one size, like CIFAR, in memory or
+        streamed), rather than center-cropped after a resize (photos)?"""
+        return self.in_memory or (self.side is not None and self.side <= 64)
 
     @property
     def native_size(self) -> Optional[int]:
@@ -149,6 +156,8 @@ def cap(split: Optional[Split], limit: Optional[int], seed: int) -> Optional[Spl
 def load_source(cfg: DataConfig) -> Source:
     """The dataset named by `cfg.name`, with its validation split and the sample caps applied."""
     src = DATASETS.get(cfg.name, "data.name")(cfg)
+    if getattr(src.train, "streamed", False):  # its builder held out and capped whole shards
+        return src
     if src.val is None:
         src.train, src.val = hold_out(src.train, cfg.val_fraction, cfg.split_seed)
     src.train = cap(src.train, cfg.max_train_samples, cfg.split_seed)

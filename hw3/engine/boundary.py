@@ -20,6 +20,7 @@ import torch
 from hw3.dist.faults import crash_point
 from hw3.dist.signals import SIGNALS
 from hw3.engine.build import Run
+from hw3.errors import UserError
 from hw3.optim import routing_table
 from hw3.runs.checkpoints import list_checkpoints, save_checkpoint
 from hw3.runs.state import at_max_steps
@@ -46,6 +47,10 @@ def after_step(run: Run, bar, batches: int) -> None:
         if (run.cfg.optim.base if run.sam else run.cfg.optim.name) == "muon":
             run.tracker.write("optimizer_routing.md", routing_table(run.net, run.optimizer))
     crash_point("train_step")
+    if run.data.streamed:
+        for said in run.data.unreadable():  # skipped, counted, said once by the process that met it
+            print(f"warning: skipping an unreadable sample: {said}", file=sys.stderr, flush=True)
+            run.sums.unreadable += 1
     if bar is not None:
         bar.update(batches)
 
@@ -77,8 +82,25 @@ def look_at_device(run: Run, bar) -> None:
             f"{run.state.step} (train.max_bad_steps={limit}){scale}; last good checkpoint: "
             f"{checkpoints[-1] if checkpoints else 'none'}"
         )
+    if run.data.streamed:
+        too_many_unreadable(run)
     if bar is not None:
         bar.set_postfix(loss=f"{loss / max(sums.count, 1):.4f}")
+
+
+def too_many_unreadable(run: Run) -> None:
+    """data.max_bad_samples: unreadable samples so far, over every process (one sum), against the limit."""
+    seen = torch.tensor([float(run.sums.unreadable)], device=run.accelerator.device)
+    if run.accelerator.num_processes > 1:
+        seen = run.accelerator.reduce(seen, "sum")
+    total, limit = run.state.unreadable_samples + int(seen.item()), run.cfg.data.max_bad_samples
+    if total > limit:
+        error = UserError(
+            f"data.max_bad_samples: {total} unreadable samples (over {limit}; the warnings above name each shard "
+            f"and key): repair or leave out those shards, or raise data.max_bad_samples; the newest checkpoint is kept"
+        )
+        error.quiet = not run.accelerator.is_main_process  # every process reaches the same verdict
+        raise error
 
 
 def interrupted(run: Run, agree: bool = False) -> bool:

@@ -77,6 +77,9 @@ class Run:
             early_stop=self.early_stop,
             best=self.best,
             schedule=self.schedule,
+            **(
+                {"data": self.data} if getattr(self.data, "streamed", False) else {}
+            ),  # what is left of an epoch regrouped
         )
 
     def own(self) -> dict[str, Any]:
@@ -145,7 +148,7 @@ def build_run(cfg: Config, accelerator: Accelerator, run_dir: Path) -> Run:
     model, prepared = accelerator.prepare(net, optimizer)
     prime_momentum(optimizer)
     monitor = Monitor(cfg.early_stop.monitor)
-    card = model_card(cfg.model, net, spec, src.classes, from_disk=not src.in_memory, tta=cfg.eval.tta)
+    card = model_card(cfg.model, net, spec, src.classes, from_disk=not src.evaluated_whole, tta=cfg.eval.tta)
     return Run(
         cfg=cfg,
         accelerator=accelerator,

@@ -63,7 +63,7 @@ class EpochPlan:
     @classmethod
     def of(cls, run: Run, epoch: int, batch_size: int) -> "EpochPlan":
         train_cfg = run.cfg.train
-        sizes = run.data.batch_sizes(batch_size)
+        sizes = run.data.batch_sizes(batch_size, epoch)
         return cls(
             sizes,
             micro_batch_weights(sizes, train_cfg.grad_accum_steps),
@@ -137,6 +137,7 @@ def epoch_metrics(run: Run, batch_size: int) -> dict:
     count = max(totals["count"], 1)
     skipped = int(totals["skipped"]) // run.accelerator.num_processes  # every process counted the same steps
     run.state.skipped_steps += skipped
+    run.state.unreadable_samples += int(totals["unreadable"])
     run.state.train_time_s += sums.seconds
     return dict(
         train_loss=totals["loss"] / count,
@@ -148,6 +149,7 @@ def epoch_metrics(run: Run, batch_size: int) -> dict:
         # each process measured the same all-reduced norm: average over the samples of one of them
         grad_norm=totals["grad_norm"] / max(totals["norm_samples"], 1),
         skipped_steps=skipped,
+        unreadable_samples=int(totals["unreadable"]),
         loss_scale=run.scaler.get_scale() if run.scaler is not None else None,
         # what the run has spent so far: forward/backward passes over the training split, and training seconds
         passes=run.state.image_passes / run.data.num_train,

@@ -26,7 +26,7 @@ from hw3.dist.launcher import LAUNCHER
 from hw3.dist.peers import Peers, raised_by_collective
 from hw3.dist.signals import SIGNALS, Stopped, name
 from hw3.engine.boundary import Interrupted, MaxStepsReached, NonFinite
-from hw3.engine.build import Run, build_run, describe, epoch_layout, make_accelerator, new_wandb_id
+from hw3.engine.build import Run, batch_size_for, build_run, describe, epoch_layout, make_accelerator, new_wandb_id
 from hw3.engine.loop import fit
 from hw3.engine.summary import processes_in_sync, summary_of, test_best
 from hw3.engine.tracking import device_name
@@ -208,8 +208,9 @@ def start_run(run: Run, start: Start, command: list[str]) -> None:
             print(warning, file=sys.stderr, flush=True)
     accelerator.wait_for_everyone()
     if start.resume_from is not None:
-        load_checkpoint(accelerator, start.resume_from, run.components(), run.own(), run.tensors())
+        load_checkpoint(accelerator, start.resume_from, run.components(), run.own(), run.tensors(), run.data.streamed)
         set_initial_lr(run.cfg.optim, run.optimizer)  # the checkpoint's copy of it is the recipe's, checked
+        continue_epoch(run)
         if start.old_epochs is not None:
             accelerator.print(epochs_notice(run, start.old_epochs))
     run.state.wandb_id = run.state.wandb_id or new_wandb_id(run.cfg)
@@ -217,6 +218,22 @@ def start_run(run: Run, start: Start, command: list[str]) -> None:
     run.state.epochs = run.cfg.train.epochs
     run.tracker.start(run.cfg, run.state.history, run.state.wandb_id, start.resume_from, command)
     accelerator.print(describe(run))
+
+
+def continue_epoch(run: Run) -> None:
+    """A streamed run resumed by another number of processes in the middle of an epoch goes on with what is left of
+    that epoch, cut again for this number (hw3.data.shards.plan)."""
+    state, saved_world = run.state, run.state.world_size
+    state.world_size = run.accelerator.num_processes
+    if run.data.streamed:
+        batch = run.data.resume_at(state.epoch, state.batch, batch_size_for(run.cfg.train, state.epoch))
+        if batch != state.batch:
+            left = sum(b - a for a, b in run.data.regrouped[1])
+            run.accelerator.print(
+                f"{saved_world} -> {state.world_size} processes in the middle of epoch {state.epoch}: its {left:,} "
+                f"samples not yet seen are cut again for {state.world_size} (each once; their order changes)"
+            )
+            state.batch = batch
 
 
 def epochs_notice(run: Run, old_epochs: int) -> str:

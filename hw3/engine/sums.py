@@ -19,6 +19,7 @@ class EpochSums:
         for name in DEVICE_SUMS:  # float64: exact counts, and loss sums that do not drift over long epochs
             setattr(self, name, torch.zeros((), dtype=torch.float64, device=self.device))
         self.count = 0  # training images (on this process)
+        self.unreadable = 0  # samples of a streamed set skipped as unreadable (on this process)
         self.seconds = 0.0  # training time of this epoch, earlier sessions included
 
     def add_batch(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -36,18 +37,24 @@ class EpochSums:
 
     def totals(self, accelerator) -> dict:
         """Every sum over all processes, read in one go."""
-        stacked = torch.stack([*(getattr(self, k) for k in DEVICE_SUMS), torch.tensor(float(self.count)).to(self.loss)])
-        values = accelerator.reduce(stacked, "sum").tolist()
-        return dict(zip([*DEVICE_SUMS, "count"], values, strict=True))
+        host = torch.tensor([float(self.count), float(self.unreadable)]).to(self.loss)
+        values = accelerator.reduce(torch.cat([torch.stack([getattr(self, k) for k in DEVICE_SUMS]), host]), "sum")
+        return dict(zip([*DEVICE_SUMS, "count", "unreadable"], values.tolist(), strict=True))
 
     def state_dict(self) -> dict:
         return dict(
             **{k: getattr(self, k).item() for k in DEVICE_SUMS},
             count=self.count,
+            unreadable=self.unreadable,
             seconds=self.seconds,
         )
 
     def load_state_dict(self, state: dict) -> None:
         for k in DEVICE_SUMS:
             getattr(self, k).fill_(state[k])
-        self.count, self.seconds = state["count"], state["seconds"]
+        self.count, self.seconds, self.unreadable = state["count"], state["seconds"], state.get("unreadable", 0)
+
+    @staticmethod
+    def merge(states: list[dict]) -> dict:
+        """One process's state holding all of `states`' (a streamed run resumed on fewer or more processes)."""
+        return {k: sum(s.get(k, 0) for s in states) if k != "seconds" else max(s[k] for s in states) for k in states[0]}

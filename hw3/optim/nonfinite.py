@@ -96,3 +96,7 @@ class BadSteps:
     def load_state_dict(self, state: dict) -> None:
         self.in_row.fill_(state["in_row"])
         self.longest.fill_(state["longest"])
+
+    @staticmethod
+    def merge(states: list[dict]) -> dict:
+        return {k: max(s[k] for s in states) for k in states[0]}

@@ -155,14 +155,17 @@ def read_state(path: Path) -> dict:
     return saved
 
 
-def load_checkpoint(accelerator, path: Path, components: dict, own: dict, tensors: dict) -> None:
+def load_checkpoint(
+    accelerator, path: Path, components: dict, own: dict, tensors: dict, any_world: bool = False
+) -> None:
     """Restore accelerate's state, every shared component, this process's own ones and the tensor state of
-    `tensors` from `path`."""
+    `tensors` from `path`. With `any_world` (a streamed dataset) the checkpoint may come from another number of
+    processes: what they each accumulated is merged into the main process's (`merge` of each own component)."""
     saved = read_state(path)
-    if saved["train"]["world_size"] != accelerator.num_processes:
+    if saved["train"]["world_size"] != accelerator.num_processes and not any_world:
         raise UserError(
             f"train.resume: {path} was written by {saved['train']['world_size']} process(es); resume it with "
-            f"the same number (this run has {accelerator.num_processes})"
+            f"the same number (this run has {accelerator.num_processes}; a streamed dataset resumes on any)"
         )
     missing = sorted(set(components) - set(saved)) + ([] if "processes" in saved else ["processes"])
     if missing:
@@ -183,5 +186,9 @@ def load_checkpoint(accelerator, path: Path, components: dict, own: dict, tensor
         ) from None
     for key, component in components.items():
         component.load_state_dict(saved[key])
+    processes = saved["processes"]
     for key, component in own.items():
-        component.load_state_dict(saved["processes"][accelerator.process_index][key])
+        if len(processes) == accelerator.num_processes:
+            component.load_state_dict(processes[accelerator.process_index][key])
+        elif accelerator.is_main_process:  # the others start from nothing: the sums stay exact
+            component.load_state_dict(type(component).merge([p[key] for p in processes]))

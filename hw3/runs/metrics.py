@@ -55,6 +55,13 @@ EPOCH = (
     Metric("images_per_s", "training images per second in the epoch", "", lambda v: f"{images_per_s(v)} img/s", True),
     Metric("grad_norm", "mean gradient L2 norm of the steps measured (every log.log_every steps, and the last)"),
     Metric("skipped_steps", "non-finite steps skipped in the epoch", "", lambda v: f"{v} skipped" if v else "", True),
+    Metric(
+        "unreadable_samples",
+        "samples of a streamed set skipped as unreadable in the epoch",
+        "",
+        lambda v: f"{v} unreadable" if v else "",
+        True,
+    ),  # fmt: skip
     Metric("loss_scale", "fp16 loss scale at the epoch's end (null without fp16)"),
     Metric("passes", "forward/backward passes over the training split so far (SAM's two count as two)"),
     Metric("train_time_s", "seconds spent in training steps so far, every launch"),

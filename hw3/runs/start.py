@@ -38,6 +38,8 @@ MAY_CHANGE = (
     "data.persistent_workers",
     "data.prefetch_factor",
     "data.cache",
+    "data.cache_shards",
+    "data.max_bad_samples",
     "train.keep_last",
     "train.resume",
     "train.overwrite",

@@ -15,6 +15,7 @@ class TrainState:
     batch: int = 0  # batches of that epoch already trained (> 0 only for a mid-epoch checkpoint)
     step: int = 0  # optimizer steps taken (skipped ones included)
     skipped_steps: int = 0  # non-finite steps skipped in finished epochs
+    unreadable_samples: int = 0  # samples of a streamed set skipped as unreadable, finished epochs
     wall_time_s: float = 0.0  # time spent in earlier sessions
     history: list = field(default_factory=list)  # one metrics row per finished epoch
     stopped: Optional[str] = None  # why training ended before train.epochs: early_stop, pruned, non_finite

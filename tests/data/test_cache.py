@@ -21,7 +21,7 @@ ARGS = ["--recipe", QUICK, "data.name=imagefolder", "train.epochs=2", "train.bat
 def run(train, tmp_path, name, root, *extra):
     result = train(*ARGS, f"data.root={root}", *extra, f"output_dir={tmp_path / name}")
     assert result.code == 0, result.err
-    return result.out.splitlines()[0], tmp_path / name
+    return next(line for line in result.out.splitlines() if line.startswith("data: ")), tmp_path / name
 
 
 def card(run_dir: Path) -> dict:
@@ -70,7 +70,10 @@ def test_the_lazy_path_keeps_the_images_own_size(train, tmp_path):
     out = train(*ARGS, f"data.root={tmp_path / 'tree'}", "data.loader=dataloader", "data.num_workers=0",
                 f"output_dir={tmp_path / 'lazy'}")  # fmt: skip
     assert out.code == 0, out.err
-    assert "input: 24px x3 (the images' own size), DataLoader input (data.loader=dataloader)" in out.out
+    assert (
+        "input: 24px x3 (the images' own size), DataLoader input (data.loader=dataloader; 0 worker(s) per process: "
+        "data.num_workers)" in out.out
+    )
     assert card(tmp_path / "lazy")["image_size"] == 24
 
 
@@ -81,5 +84,30 @@ def test_images_of_several_sizes_are_resized_to_224_and_the_run_says_why(train, 
                 f"output_dir={tmp_path / 'mixed'}")  # fmt: skip
     assert out.code == 0, out.err
     assert (
-        "input: 224px x3 (224: the images differ in size), DataLoader input (imagefolder is read from disk" in out.out
+        "input: 224px x3 (224, as the images differ in size; data.image_size sets another), DataLoader input (its "
+        "images differ in size; 0 worker(s) per process: data.num_workers)" in out.out
     )
+
+
+def test_over_the_in_memory_cap_the_run_says_so_and_fingerprints_nothing(train, tmp_path, monkeypatch):
+    """The cap counts train, validation and test together, and is the reason given; the files' fingerprint (a stat
+    of every file) is only taken when the decoded-image cache can apply."""
+    import hw3.data.image_folders
+    import hw3.data.small_images
+
+    write_imagefolder(tmp_path / "tree", seed=16)
+    fingerprints = []
+    real = hw3.data.image_folders.files_fingerprint
+    monkeypatch.setattr(
+        hw3.data.image_folders, "files_fingerprint", lambda paths: fingerprints.append(1) or real(paths)
+    )
+    monkeypatch.setattr(hw3.data.small_images, "IN_MEMORY_MAX_IMAGES", 35)
+    out = train(*ARGS, f"data.root={tmp_path / 'tree'}", "data.num_workers=0", f"output_dir={tmp_path / 'capped'}")
+    assert out.code == 0, out.err
+    assert (
+        "DataLoader input (36 images (train, validation and test together) are over the 35 that are decoded " in out.out
+    )
+    assert fingerprints == []
+    monkeypatch.setattr(hw3.data.small_images, "IN_MEMORY_MAX_IMAGES", 36)
+    out = train(*ARGS, f"data.root={tmp_path / 'tree'}", f"output_dir={tmp_path / 'in-memory'}")
+    assert out.code == 0 and "device-resident input" in out.out and fingerprints == [1]

@@ -66,6 +66,6 @@ def test_input_stage_normalizes_resizes_repeats_gray_and_lays_out():
 
 def test_channel_stats_match_numpy():
     images = torch.randint(0, 256, (10, 3, 5, 5), dtype=torch.uint8)
-    mean, std = channel_stats(images, chunk=3)
+    mean, std = channel_stats(images)
     x = images.numpy().astype(np.float64) / 255
     assert np.allclose(mean, x.mean(axis=(0, 2, 3))) and np.allclose(std, x.std(axis=(0, 2, 3)))

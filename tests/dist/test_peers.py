@@ -6,7 +6,6 @@ process meets is said once."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ import pytest
 
 from hw3.runs.lock import lock_is_free
 
-from helpers import RECIPES, ROOT, accelerate_bin, child_env, read_metrics, run_command
+from helpers import RECIPES, ROOT, accelerate_bin, child_env, launch_two, read_metrics
 
 pytestmark = pytest.mark.multiproc
 
@@ -34,19 +33,6 @@ MOMENTS = {
 }
 # each of the two processes killed at each moment, and two more: 10 launches
 KILLS = [(moment, rank) for moment in MOMENTS for rank in (0, 1)] + [("train_step:8", 1), ("start_up:1", 0)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_two(args, run_dir, **env):
-    """2 gloo processes through accelerate launch; a port of their own, so that two launches can run at once."""
-    port = ["--main_process_port", str(free_port())]
-    cmd = [accelerate_bin(), "launch", "--config_file", CONFIG, *port, ROOT / "train.py", *args, f"output_dir={run_dir}"]
-    return run_command(cmd, cwd=run_dir.parent, timeout=400, **env)
 
 
 def exit_codes(report: str) -> dict[int, int]:

@@ -1,0 +1,145 @@
+"""Datasets larger than a disk, read as a stream of shards by every process at once: WebDataset-style tar shards
+or parquet files, in a local folder or at any fsspec URL (`data.name: shards`), and Hub datasets with
+`data.streaming: true` (their parquet files).
+
+- index: what the dataset holds (shards, sample counts, classes) without reading its samples;
+- plan: which process visits which sample, in what order, every epoch (a pure function: exact resume);
+- reader: one sample by its id, fetching its shard into a bounded local cache;
+- writer: an image folder, a torchvision set or a Hub dataset written as shards with their index
+  (`python -m hw3.shards`).
+
+It may import what hw3.data may import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+
+from hw3.config import DataConfig
+from hw3.data.shards.index import Shard, ShardIndex, load_index
+from hw3.data.shards.reader import IMAGE_EXTENSIONS, ShardFiles, ShardReader
+from hw3.data.sources import DATASETS, Source, colour_mode
+from hw3.errors import UserError
+from hw3.storage.files import cache_dir
+from hw3.storage.remote import filesystem
+
+
+class StreamedSplit:
+    """A split of a sharded dataset: its shards and a reader of its samples by id (0 .. len - 1, shard by shard
+    in index order). Nothing of it is in memory."""
+
+    streamed = True
+    images = None
+
+    def __init__(self, shards: list[Shard], reader: ShardReader):
+        self.shards, self.reader = shards, reader
+        self.counts = tuple(s.samples for s in shards)
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def read(self, i: int):
+        return self.reader.read(i)
+
+
+@DATASETS.register("shards")
+def shards(cfg: DataConfig) -> Source:
+    """data.path's shards (hw3.data.shards.index says what it may be)."""
+    return streamed_source(load_index(cfg), cfg)
+
+
+def streamed_source(index: ShardIndex, cfg: DataConfig) -> Source:
+    """The index's splits as streamed splits: validation held out by whole shards when there is none, the caps
+    taken as each split's first samples."""
+    splits = dict(index.splits)
+    if "val" not in splits:
+        splits["train"], splits["val"] = hold_out_shards(splits["train"], cfg.val_fraction, cfg.split_seed, index)
+    splits["train"] = first_samples(splits["train"], cfg.max_train_samples)
+    for name in ("val", "test"):
+        if name in splits:
+            splits[name] = first_samples(splits[name], cfg.max_eval_samples)
+    mode = "L" if index.channels == 1 else "RGB" if index.channels == 3 else first_mode(index)
+    root = cache_dir("shards") / dataset_key(index) / f"rank{os.environ.get('RANK', '0')}"
+    files = ShardFiles(root, cfg.cache_shards)
+    streamed = {n: StreamedSplit(s, ShardReader(s, index.kind, files, index.image, index.label, mode))
+                for n, s in splits.items()}  # fmt: skip
+    small = index.side is not None and index.side <= 64  # like CIFAR: padded crops and flips, unless it said
+    src = Source(
+        streamed["train"],
+        streamed.get("val"),
+        streamed.get("test"),
+        index.classes,
+        1 if mode == "L" else 3,
+        augment=index.augment or ("crop_flip" if small else "resized_crop_flip"),
+        crop_padding=index.crop_padding if index.crop_padding is not None else index.side // 8 if small else 0,
+        side=index.side,
+        stats=(index.mean, index.std) if index.mean and index.std else None,
+        note=f"streamed from {sum(len(s) for s in splits.values())} shards ({index.kind}) of {index.where}",
+        lazy_reason="it is streamed from shards",
+    )
+    if cfg.num_classes is not None and cfg.num_classes != len(src.classes):
+        raise UserError(f"data.num_classes: {cfg.num_classes} given, but {index.where} has {len(src.classes)} classes")
+    return src
+
+
+def dataset_key(index: ShardIndex) -> str:
+    return hashlib.sha256("\n".join(s.url for s in index.splits["train"]).encode()).hexdigest()[:20]
+
+
+def hold_out_shards(shards: list[Shard], fraction: float, seed: int, index: ShardIndex) -> tuple[list, list]:
+    """(train, validation): a seeded `fraction` of the shards (at least one) held out whole; from a single shard,
+    its last `fraction` of samples."""
+    if len(shards) == 1:
+        (only,) = shards
+        k = min(max(1, round(only.samples * fraction)), only.samples - 1)
+        if k < 1:
+            raise UserError(
+                f"data.val_fraction: {index.where} holds {only.samples} sample(s), too few to hold some out"
+            )
+        return [replace(only, samples=only.samples - k)], [
+            replace(only, samples=k, offset=only.offset + only.samples - k)
+        ]
+    k = min(max(1, round(len(shards) * fraction)), len(shards) - 1)
+    held = set(np.random.default_rng(seed).permutation(len(shards))[:k].tolist())
+    return [s for i, s in enumerate(shards) if i not in held], [s for i, s in enumerate(shards) if i in held]
+
+
+def first_samples(shards: list[Shard], cap: Optional[int]) -> list[Shard]:
+    """The shards holding a split's first `cap` samples, the last one cut to what is needed."""
+    if cap is None:
+        return shards
+    out, left = [], cap
+    for shard in shards:
+        if left <= 0:
+            break
+        out.append(replace(shard, samples=min(shard.samples, left)))
+        left -= shard.samples
+    return out
+
+
+def first_mode(index: ShardIndex) -> str:
+    """The colour mode of the first image of the first training shard, read from its start (the rest of the
+    shard is not fetched)."""
+    from PIL import Image
+
+    shard = index.splits["train"][0]
+    fs, path = filesystem(shard.url)
+    with fs.open(path, "rb") as f:
+        if index.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            cell = pq.ParquetFile(f).read_row_group(0, columns=[index.image]).column(0)[0].as_py()
+            data = cell.get("bytes") if isinstance(cell, dict) else cell
+        else:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                member = next(m for m in tar if m.name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS)
+                data = tar.extractfile(member).read()
+    with Image.open(io.BytesIO(data)) as img:
+        return colour_mode(img)
