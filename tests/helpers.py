@@ -162,7 +162,7 @@ def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
         cfg=cfg,
         accelerator=accelerator,
         run_dir=None,
-        data=SimpleNamespace(num_train=1),  # no data: the steps' batches come from the test
+        data=SimpleNamespace(num_train=1, streamed=False),  # no data: the steps' batches come from the test
         model=prepared,
         net=accelerator.unwrap_model(prepared),
         optimizer=wrapper.optimizer,

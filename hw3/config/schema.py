@@ -16,8 +16,8 @@ class DataConfig:
     root: str = "data"  # folder holding (or receiving) torchvision datasets; the tree for imagefolder
     download: bool = False  # let torchvision / the Hub fetch missing files (main process only)
     # hf: Hub dataset id, local dataset folder, or parquet file(s); shards: a folder or URL with index.json, the
-    # index itself, or a brace pattern / glob of parquet files (any fsspec URL: s3://, gs://, hf://, https://)
-    path: Optional[str] = None
+    # index itself, or a brace pattern / glob of parquet files
+    path: Optional[str] = None  # a path or any fsspec URL (s3://, gs://, hf://, https://)
     streaming: bool = False  # hf: read the Hub set's parquet files as shards, a window at a time (no full download)
     shuffle_shards: int = 4  # shards, streaming: shards whose samples are shuffled together (the shuffle's window)
     cache_shards: int = 16  # shards, streaming: fetched shards each process keeps on local disk, at most

@@ -238,3 +238,33 @@ def test_the_streaming_recipe_runs_on_shards_the_test_writes(digit_shards, tmp_p
     assert result.code == 0, result.err
     assert "model: resnet50" in result.out and "streamed from" in result.out
     assert read_summary(tmp_path / "run")["optimizer_steps"] == 2
+
+
+def test_the_shard_cache_evicts_the_least_recently_used_but_never_one_being_opened(tmp_path):
+    """Two workers share a process's cache (data.cache_shards=2 here): a fetch evicts the least recently used shard,
+    and a shard another worker is fetching or opening (it holds that shard's lock) is passed over, not deleted
+    under it. The shards live in fsspec's memory filesystem, standing in for an object store."""
+    import fsspec
+
+    from hw3.data.shards.index import Shard
+    from hw3.data.shards.reader import ShardFiles
+
+    memory = fsspec.filesystem("memory")
+    shards = []
+    for k in range(4):
+        memory.pipe(f"/cache-test/s{k}.tar", bytes([k]) * (k + 1))
+        shards.append(Shard(f"memory:///cache-test/s{k}.tar", 1, k + 1))
+    mine, other = ShardFiles(tmp_path, keep=2), ShardFiles(tmp_path, keep=2)
+    assert mine.local(shards[0]).read_bytes() == b"\x00"
+    os.utime(mine.local(shards[1]), (1, 1))  # s1 now the least recently used
+    os.utime(tmp_path / mine.local(shards[0]).name, (2, 2))
+    mine.local(shards[2])  # keeps 2: s1 goes
+    assert sorted(p.name.split("-", 1)[1] for p in tmp_path.glob("*.shard")) == ["s0.tar.shard", "s2.tar.shard"]
+
+    def open_while_another_worker_fetches(path):
+        os.utime(path, (0, 0))  # the oldest: the first to go, were it not held
+        other.local(shards[3])  # its fetch evicts down to 1
+        return path.read_bytes()
+
+    assert mine.local(shards[0], opener=open_while_another_worker_fetches) == b"\x00"
+    assert sorted(p.name.split("-", 1)[1] for p in tmp_path.glob("*.shard")) == ["s0.tar.shard", "s3.tar.shard"]

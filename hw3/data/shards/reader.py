@@ -2,10 +2,11 @@
 
 A shard that is not on this machine is fetched whole into `$HW3_CACHE/shards/<dataset>/rank<r>/` (hw3.storage.
 remote: atomically, retried with backoff), a file lock per shard keeping the DataLoader workers of a process
-from fetching it twice; once more than `keep` shards are there, the least recently used that nobody is reading
-is deleted. A local shard is read where it is. Within a shard, samples are found by position: a tar's members
-are listed once (WebDataset's grouping: the members sharing a key up to the first dot are one sample), a
-parquet file's row groups once.
+from fetching it twice; once more than `keep` shards are there, the least recently used is deleted (one being
+fetched or opened holds its lock and is passed over; a reader that has it open keeps reading: POSIX removes a
+file's name, not an open file). A local shard is read where it is. Within a shard, samples are found by position:
+a tar's members are listed once (WebDataset's grouping: the members sharing a key up to the first dot are one
+sample), a parquet file's row groups once.
 
 An unreadable sample (a damaged image, a missing or bad label, a member without an image) raises BadSample,
 naming the shard and the sample's key; the loader skips and counts it.
@@ -49,11 +50,12 @@ class ShardFiles:
     def __init__(self, folder: Path, keep: int):
         self.folder, self.keep = folder, keep
 
-    def local(self, shard: Shard, tries: int = TRIES) -> Path:
+    def local(self, shard: Shard, tries: int = TRIES, opener=None):
+        """The shard's local path, or opener(path) called before anyone may evict it."""
         if is_local(shard.url):
             path = Path(shard.url.removeprefix("file://"))
             attempt(shard.url, lambda: path.stat(), tries=3)  # a network file system may show it late
-            return path
+            return opener(path) if opener else path
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / cache_name(shard.url)
         with open(f"{path}.lock", "a") as lock:
@@ -62,18 +64,30 @@ class ShardFiles:
                 self.evict()
                 fetch(shard.url, path, shard.bytes, tries)
             os.utime(path)  # recently used
-        return path
+            return opener(path) if opener else path
 
     def evict(self) -> None:
-        """Down to `keep` - 1 shards: the least recently used first, never one a reader holds (a shared lock)."""
-        held = sorted(self.folder.glob("*.shard"), key=lambda p: p.stat().st_mtime)
-        for path in held[: max(0, len(held) - self.keep + 1)]:
+        """Down to `keep` - 1 shards, the least recently used first, passing over any another worker holds."""
+        held = sorted((mtime, p) for p in self.folder.glob("*.shard") if (mtime := modified(p)) is not None)
+        over = len(held) - self.keep + 1
+        for _, path in held:
+            if over <= 0:
+                return
             with open(f"{path}.lock", "a") as lock:
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue
                 path.unlink(missing_ok=True)
+                over -= 1
+
+
+def modified(path: Path) -> Optional[float]:
+    """Its modification time, None when another worker has just evicted it."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def cache_name(url: str) -> str:
@@ -171,13 +185,12 @@ class ShardReader:
             self.opened, self.pid = OrderedDict(), os.getpid()
         if s not in self.opened:
             shard = self.shards[s]
-            path = self.files.local(shard)
-            opened = (
-                TarShard(path, shard.url)
-                if self.kind == "tar"
-                else ParquetShard(path, shard.url, self.image, self.label)
-            )
-            self.opened[s] = opened
+            if self.kind == "tar":
+                self.opened[s] = self.files.local(shard, opener=lambda path: TarShard(path, shard.url))
+            else:
+                self.opened[s] = self.files.local(
+                    shard, opener=lambda path: ParquetShard(path, shard.url, self.image, self.label)
+                )
             while len(self.opened) > OPEN_SHARDS:
                 self.opened.popitem(last=False)[1].close()
         self.opened.move_to_end(s)
