@@ -20,6 +20,16 @@ def train(capsys):
     return _train
 
 
+@pytest.fixture(scope="session")
+def digit_shards(tmp_path_factory):
+    """The digits (1,294 train / 144 val / 359 test) written as tar shards of 200 by `python -m hw3.shards`."""
+    from hw3.cli.shards import main as shards_main
+
+    out = tmp_path_factory.mktemp("shards") / "digits"
+    assert shards_main(["write", "--out", str(out), "--samples-per-shard", "200", "data.name=digits"]) == 0
+    return out
+
+
 @pytest.fixture(autouse=True)
 def reset_accelerate():
     """accelerate keeps process-wide singletons; start every test from a clean slate."""

@@ -2,9 +2,9 @@
 process SIGKILL (or the named signal: TERM, INT, STOP; or HANG: sleep, as a stuck process would) the n-th time it
 reaches <point>: start_up (the run dir decided, nothing built), train_step (after an optimizer step),
 validation, checkpoint_save (all files written, no manifest yet), after_save, test (the final test), summary
-(about to write summary.json), shutdown (the launch's last step, after the summary). `@<rank>` limits it to the process of that rank. With `HW3_CRASH_ONCE=<file>` it
-fires only if that file does not exist yet (and creates it first), so an elastic restart of the same command
-runs through. Unset: nothing."""
+(about to write summary.json), shutdown (the launch's last step, after the summary). `@<rank>` limits it to the
+process of that rank. With `HW3_CRASH_ONCE=<file>` it fires only if that file does not exist yet (and creates it
+first), so an elastic restart of the same command runs through. Unset: nothing."""
 
 import os
 import signal

@@ -32,13 +32,6 @@ RUN = ["--recipe", QUICK, "data.name=shards", "train.epochs=2", "log.trackers=[]
 
 
 @pytest.fixture(scope="module")
-def digit_shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "digits"
-    assert shards_main(["write", "--out", str(out), "--samples-per-shard", "200", "data.name=digits"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, digit_shards):
     from hw3.cli.train import main
 

@@ -1,4 +1,4 @@
-"""One SAM step of hw3.engine.step.train_step on 2 gloo processes, each with its own batch, against a per-process reference.
+"""One SAM step of hw3.engine.step.train_step on 2 gloo processes, each with its own batch, against a reference.
 
 Launched by test_multiproc.py under `accelerate launch --config_file accelerate_configs/cpu_ddp.yaml`. SAM's
 pass 1 must use this process's own gradient (no all-reduce: each process perturbs by its own batch, the

@@ -29,7 +29,10 @@ MOMENTS = {
     "train_step:8": ("training", ["{run}/checkpoints/epoch0000-batch000005"] * 2),
     "validation:1": ("training", ["{run}/checkpoints/epoch0000-batch000020"] * 2),
     # the second save, all files written: the main process publishes it unless it is the one killed
-    "checkpoint_save:2": ("training", ["{run}/checkpoints/epoch0000-batch000005", "{run}/checkpoints/epoch0000-batch000010"]),
+    "checkpoint_save:2": (
+        "training",
+        ["{run}/checkpoints/epoch0000-batch000005", "{run}/checkpoints/epoch0000-batch000010"],
+    ),
 }
 # each of the two processes killed at each moment, and two more: 10 launches
 KILLS = [(moment, rank) for moment in MOMENTS for rank in (0, 1)] + [("train_step:8", 1), ("start_up:1", 0)]

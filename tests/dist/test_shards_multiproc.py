@@ -6,8 +6,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hw3.cli.shards import main as shards_main
-
 from helpers import RECIPES, deterministic, launch_two, read_metrics, run_subprocess
 
 pytestmark = pytest.mark.multiproc
@@ -18,16 +16,9 @@ ARGS = ["--recipe", RECIPES / "quickstart.yaml", "data.name=shards", "train.epoc
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards") / "digits"
-    assert shards_main(["write", "--out", str(out), "--samples-per-shard", "200", "data.name=digits"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, shards):
+def reference(tmp_path_factory, digit_shards):
     run_dir = tmp_path_factory.mktemp("ref") / "run"
-    result = launch_two([*ARGS, f"data.path={shards}"], run_dir)
+    result = launch_two([*ARGS, f"data.path={digit_shards}"], run_dir)
     assert result.code == 0, result.err[-3000:]
     return run_dir
 
@@ -35,16 +26,18 @@ def reference(tmp_path_factory, shards):
 def train_reads(folder) -> dict[int, list[int]]:
     """{rank: training sample ids in the order that process read them} from HW3_TRACE_SAMPLES's files."""
     return {
-        rank: [int(line.split()[1]) for line in (folder / f"rank{rank}.txt").read_text().splitlines() if "train-" in line]
+        rank: [
+            int(line.split()[1]) for line in (folder / f"rank{rank}.txt").read_text().splitlines() if "train-" in line
+        ]
         for rank in (0, 1)
         if (folder / f"rank{rank}.txt").exists()
     }
 
 
-def test_two_processes_read_their_own_shards_every_sample_once_per_epoch(shards, tmp_path):
+def test_two_processes_read_their_own_shards_every_sample_once_per_epoch(digit_shards, tmp_path):
     trace = tmp_path / "trace"
     trace.mkdir()
-    result = launch_two([*ARGS, f"data.path={shards}", "data.num_workers=2", "data.shuffle_shards=1"],
+    result = launch_two([*ARGS, f"data.path={digit_shards}", "data.num_workers=2", "data.shuffle_shards=1"],
                         tmp_path / "run", HW3_TRACE_SAMPLES=str(trace))  # fmt: skip
     assert result.code == 0, result.err[-3000:]
     reads = train_reads(trace)
@@ -56,8 +49,8 @@ def test_two_processes_read_their_own_shards_every_sample_once_per_epoch(shards,
     assert len({shard_of(i) for i in reads[0][:647]} & {shard_of(i) for i in reads[1][:647]}) <= 1
 
 
-def test_killed_mid_epoch_then_the_same_command_ends_bit_for_bit(shards, reference, tmp_path):
-    args = [*ARGS, f"data.path={shards}"]
+def test_killed_mid_epoch_then_the_same_command_ends_bit_for_bit(digit_shards, reference, tmp_path):
+    args = [*ARGS, f"data.path={digit_shards}"]
     killed = launch_two(args, tmp_path / "run", HW3_CRASH_AT="train_step:30")  # epoch 1, after its step-25 save
     assert killed.code != 0
     resumed = launch_two(args, tmp_path / "run")
@@ -69,8 +62,8 @@ def test_killed_mid_epoch_then_the_same_command_ends_bit_for_bit(shards, referen
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
 
 
-def test_resumed_on_one_process_instead_of_two_every_remaining_sample_once(shards, tmp_path):
-    args = [*ARGS, f"data.path={shards}"]
+def test_resumed_on_one_process_instead_of_two_every_remaining_sample_once(digit_shards, tmp_path):
+    args = [*ARGS, f"data.path={digit_shards}"]
     before, after = tmp_path / "before", tmp_path / "after"
     before.mkdir(), after.mkdir()
     killed = launch_two(args, tmp_path / "run", HW3_CRASH_AT="train_step:8", HW3_TRACE_SAMPLES=str(before))

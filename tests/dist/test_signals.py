@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from helpers import RECIPES, ROOT, at_crash_point, child_env, read_metrics, read_summary
-from helpers import deterministic
+from helpers import RECIPES, ROOT, at_crash_point, child_env, deterministic, read_metrics, read_summary
 
 QUICK = RECIPES / "quickstart.yaml"
 ARGS = ["--recipe", QUICK, "train.epochs=2", "log.trackers=[]", "train.keep_last=10"]
@@ -69,7 +68,9 @@ def test_a_signal_at_any_moment_says_what_was_kept_and_the_rerun_ends_equal(
     assert read_summary(run_dir)["test_acc"] == read_summary(reference)["test_acc"]
 
 
-def test_sigint_during_start_up_of_a_resume_names_the_checkpoint_and_stops_the_caller(train, tmp_path, monkeypatch, capsys):
+def test_sigint_during_start_up_of_a_resume_names_the_checkpoint_and_stops_the_caller(
+    train, tmp_path, monkeypatch, capsys
+):
     """In-process (a test suite, a notebook), the launch says what it kept, then hands the Ctrl-C on to the
     caller's own handler: Python's raises KeyboardInterrupt, so Ctrl-C stops the caller too."""
     from hw3.cli.train import main
@@ -121,7 +122,10 @@ def test_a_signal_while_the_handlers_are_put_back_is_recorded_not_raised(monkeyp
     monkeypatch.setattr(signal, "signal", signal_that_is_interrupted)
     assert signals.restore() == signal.SIGTERM  # recorded, handed to the caller
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
 
 def caught_signals(pid: int) -> int:
@@ -165,7 +169,7 @@ def test_a_signal_after_the_summary_says_the_run_is_complete(tmp_path):
     assert read_summary(run_dir)["epochs_completed"] == 2
 
 
-CTRL_C_SUITE = '''
+CTRL_C_SUITE = """
 import signal, sys, time
 from pathlib import Path
 
@@ -176,7 +180,7 @@ def test_a_long_training_in_process():
 
 def test_never_reached():
     Path({reached!r}).write_text("the suite went on after Ctrl-C")
-'''
+"""
 
 
 def test_ctrl_c_stops_a_test_suite_that_runs_hw3_in_process(tmp_path):
