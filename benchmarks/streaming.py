@@ -21,7 +21,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -144,11 +143,14 @@ def launch(shards: Path, out: Path, *extra: str) -> tuple[float, float]:
            "data.name=shards", f"data.path={shards}", "data.num_workers=0", "data.max_eval_samples=64",
            "log.trackers=[]", "train.batch_size=256", f"output_dir={out}", *extra]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(done.stderr[-2000:])
-    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 2**20
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # this launch's own peak (not the largest of all children so far)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            err.seek(0)
+            raise SystemExit(err.read().decode()[-2000:])
+    peak = usage.ru_maxrss / 2**20
     state = json.loads(sorted((out / "checkpoints").glob("epoch*"))[-1].joinpath("trainer_state.json").read_text())
     return state["train"]["launches"][-1]["startup_s"], peak
 

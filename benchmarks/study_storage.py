@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/study_storage.py [--workers 4] [--trials 25] [--epochs 15]
 
-Each worker process asks for trials, reports one value per epoch (as a trial's run does, through hw3.trial's
+Each worker process asks for trials, reports one value per epoch (as a trial's run does, through hw3.storage.study's
 open_storage) and tells the study the result, all at once on one file: Optuna's JournalStorage (hw3.search's
 default) against SQLite. Prints per storage the trials recorded, the errors the workers hit and the wall time.
 """

@@ -142,3 +142,19 @@ def write_hub_parquet(folder: Path, kind: str, n_train: int = 40, n_test: int = 
             x, y = mnist_5k(seed)
             rows = {"image": [Image.fromarray(img) for img in x[:n]], "label": y[:n].tolist()}
         datasets.Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+
+
+def damage_tar_sample(tar_path: Path, nth: int, member: str = ".png", data: bytes = b"\x89PNG not really") -> str:
+    """The nth sample's `member` (by its suffix: the image, or ".cls" its label) of a tar shard replaced by `data`
+    (by default bytes no decoder reads); returns the sample's key."""
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    target = [m for m, _ in members if m.name.endswith(member)][nth]
+    with tarfile.open(tar_path, "w") as tar:
+        for m, content in members:
+            content = data if m.name == target.name else content
+            m.size = len(content)
+            tar.addfile(m, io.BytesIO(content))
+    return target.name.rsplit(".", 1)[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -162,7 +163,7 @@ def tiny_run(model, optim_cfg=None, train_cfg=None, scaler_scale=None):
         cfg=cfg,
         accelerator=accelerator,
         run_dir=None,
-        data=SimpleNamespace(num_train=1, streamed=False),  # no data: the steps' batches come from the test
+        data=SimpleNamespace(num_train=1, streamed=False, unreadable=lambda split: []),  # batches: the test's
         model=prepared,
         net=accelerator.unwrap_model(prepared),
         optimizer=wrapper.optimizer,
@@ -254,3 +255,9 @@ def kill_at(monkeypatch, point: str, nth: int) -> None:
         raise Killed(f"{point}:{nth}")
 
     at_crash_point(monkeypatch, point, nth, kill)
+
+
+def exit_codes(report: str) -> dict[int, int]:
+    """{rank: exit code} from torchrun's ChildFailedError report."""
+    found = re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*: (-?\d+)", report)
+    return {int(rank): int(code) for rank, code in found}

@@ -1,5 +1,5 @@
 """The commands, one thin module each: train (what train.py runs), evaluate, predict, export, sweep, search,
-report. Each parses its arguments and calls the package that does the work; this module is the door they share:
+report, shards. Each parses its arguments and calls the package that does the work; this module is the door they share:
 the argument parser whose mistakes are one line, and `run_command`, which turns every failure hw3 knows into one
 line `error: ...` and its exit code (the table is hw3.errors).
 
@@ -59,5 +59,7 @@ def add_run_set_arguments(p: Parser, out_help: str) -> None:
 
 
 def at_least_one(**values: int) -> None:
-    if any(v < 1 for v in values.values()):
-        raise UserError(f"{' and '.join(f'--{k}' for k in values)}: at least 1")
+    """The options named (as keywords: top_k for --top-k) must each be 1 or more."""
+    low = [f"--{k.replace('_', '-')}" for k, v in values.items() if v < 1]
+    if low:
+        raise UserError(f"{' and '.join(low)}: at least 1")

@@ -1,6 +1,7 @@
 """Evaluate a finished (or running) run's weights on a split:
 
-    python -m hw3.evaluate RUN_DIR [--split test|val] [--checkpoint best|last|PATH] [--device cpu] [key=value ...]
+    python -m hw3.evaluate RUN_DIR [--split test|val] [--checkpoint best|last|PATH] [--device cpu]
+        [--batch-size 256] [key=value ...]
 
 Writes `eval/<split>-<checkpoint>/` into the run dir (hw3.inference.evaluate): metrics.json, per_class.csv,
 confusion.csv and confusion.png. `key=value` overrides apply to the run's config.yaml (e.g. data.root=/elsewhere).
@@ -12,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from hw3.cli import Parser, program, run_command
+from hw3.cli import Parser, at_least_one, program, run_command
 
 
 def parse_evaluate_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -25,7 +26,9 @@ def parse_evaluate_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    at_least_one(batch_size=args.batch_size)
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

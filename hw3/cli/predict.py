@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from hw3.cli import Parser, program, run_command
+from hw3.cli import Parser, at_least_one, program, run_command
 from hw3.errors import UserError
 
 
@@ -41,8 +41,7 @@ def parse_predict_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         raise UserError(f"--folder: {args.folder} is not a folder")
     if args.out is not None and args.out.suffix not in (".csv", ".json"):
         raise UserError(f"--out: {args.out} must end in .csv or .json")
-    if args.top_k < 1 or args.batch_size < 1:
-        raise UserError("--top-k and --batch-size: at least 1")
+    at_least_one(top_k=args.top_k, batch_size=args.batch_size)
     return args
 
 

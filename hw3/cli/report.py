@@ -21,7 +21,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def body() -> int:
         from hw3.reports.runs import write_report
         from hw3.reports.search import PLAN as SEARCH_PLAN
-        from hw3.reports.search import report_search_dir
+        from hw3.reports.search import WRITES, report_search_dir
         from hw3.reports.sweep import PLAN as SWEEP_PLAN
         from hw3.reports.sweep import write_sweep_report
 
@@ -35,8 +35,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise UserError(f"{found[0]} is a {kind} dir: report it alone")
         folder = args.run_dirs[0]
         if (folder / SEARCH_PLAN).is_file():
+            if args.out is not None:
+                raise UserError(f"--out: {folder} is a search dir, whose report is written into it")
             print(report_search_dir(folder), end="")
-            written = [folder / "search.json", folder / "search.md"]
+            written = [folder / name for name in WRITES]
         elif (folder / SWEEP_PLAN).is_file():
             table, written = write_sweep_report(folder, args.out)
             print(table, end="")

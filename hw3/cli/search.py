@@ -19,13 +19,14 @@ from hw3.cli import Parser, add_run_set_arguments, at_least_one, program, run_co
 
 def parse_search_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     from hw3.experiments.search import PRUNERS, SAMPLERS
+    from hw3.runs.metrics import MONITORS
 
     p = Parser(prog="python -m hw3.search", description=__doc__.split("\n\n")[0])
     add_run_set_arguments(p, "the search dir")
     p.add_argument("--space", type=Path, help="YAML: recipe key -> distribution")
     p.add_argument("--param", action="append", default=[], metavar="KEY=DIST", help="one more key of the space")
     p.add_argument("--trials", type=int, required=True, help="trials in the study, all workers together")
-    p.add_argument("--metric", default="val_acc", choices=["val_acc", "val_loss"])
+    p.add_argument("--metric", default="val_acc", choices=MONITORS)
     p.add_argument("--sampler", default="tpe", choices=SAMPLERS)
     p.add_argument("--pruner", default="asha", choices=PRUNERS)
     p.add_argument("--storage", help="an Optuna storage URL; default: DIR/study.journal")

@@ -13,10 +13,11 @@ WebDataset tar shards (a brace pattern or glob, local or at any URL) with their 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from hw3.cli import Parser, program, run_command
+from hw3.cli import Parser, at_least_one, program, run_command
 from hw3.errors import UserError
 
 
@@ -35,8 +36,8 @@ def parse_shards_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     index.add_argument("--out", help="the index file (default: index.json beside the shards)")
     index.add_argument("--classes", type=int, help="how many classes (default: the largest label + 1)")
     args = p.parse_args(argv)
-    if args.command == "write" and args.samples_per_shard < 1:
-        raise UserError("--samples-per-shard: at least 1")
+    if args.command == "write":
+        at_least_one(samples_per_shard=args.samples_per_shard)
     return args
 
 
@@ -59,17 +60,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from hw3.data.shards.index import INDEX
         from hw3.data.shards.writer import index_tar_shards
         from hw3.storage.files import write_atomic
-        from hw3.storage.remote import expand
+        from hw3.storage.remote import expand, is_local
 
-        urls = expand(args.pattern)
+        urls = [os.path.abspath(u.removeprefix("file://")) if is_local(u) else u for u in expand(args.pattern)]
         if not urls or not all(u.endswith(".tar") for u in urls):
             raise UserError(f"{args.pattern}: names no .tar shards")
+        out = args.out or f"{urls[0].rsplit('/', 1)[0]}/{INDEX}"  # beside the shards
+        if not is_local(out):
+            raise UserError(f"--out: write the index to a local file, then copy it beside the shards ({out})")
+        out = Path(os.path.abspath(out.removeprefix("file://")))
         classes = [str(i) for i in range(args.classes)] if args.classes else None
         index = index_tar_shards(urls, classes)
-        out = args.out or urls[0].rsplit("/", 1)[0] + "/" + INDEX
-        if "://" in out and not out.startswith("file://"):
-            raise UserError(f"--out: write the index to a local file, then copy it beside the shards ({out})")
-        write_atomic(Path(out.removeprefix("file://")), index.to_json(relative_to=str(Path(out).parent)).encode())
+        write_atomic(out, index.to_json(relative_to=str(out.parent)).encode())  # shards beside it: named relatively
         print(f"indexed {sum(s.samples for s in index.splits['train']):,} samples in {len(urls)} shards: {out}")
         return 0
 

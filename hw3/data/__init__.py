@@ -66,6 +66,11 @@ def check_data(cfg: DataConfig) -> None:
     streamed = cfg.name == "shards" or cfg.streaming
     require(not (streamed and cfg.label_noise), "data.label_noise: not with a streamed dataset (its labels are read "
             "one sample at a time)")  # fmt: skip
+    require(
+        cfg.cache_shards >= 2 * cfg.shuffle_shards,
+        f"data.cache_shards: at least 2 x data.shuffle_shards ({2 * cfg.shuffle_shards}): the window being read and "
+        f"the next one, fetched ahead, got {cfg.cache_shards}",
+    )
 
 
 def open_source(cfg: DataConfig, smoke: bool = False) -> Source:
@@ -75,6 +80,7 @@ def open_source(cfg: DataConfig, smoke: bool = False) -> Source:
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEVICE_MEMORY_SHARE = 0.25  # the device path may use this share of GPU memory for a dataset
+CROP_PCT = 0.875  # timm's default: photos are evaluated resized to size / 0.875, then center-cropped
 
 
 @dataclass
@@ -85,8 +91,13 @@ class InputSpec:
     channels: int  # 1 or 3
     mean: list[float]  # per channel, in [0, 1]
     std: list[float]
-    crop_pct: float = 0.875  # evaluation of photos: resize to size / crop_pct, then center crop
+    crop_pct: float = CROP_PCT  # evaluation of photos: resize to size / crop_pct, then center crop
     size_from: str = ""  # what decided `size`, for the console
+
+    @classmethod
+    def of_card(cls, card: dict) -> "InputSpec":
+        """What a trained model (its model card, hw3.models.card) was fed."""
+        return cls(card["image_size"], card["in_chans"], card["mean"], card["std"], card["crop_pct"])
 
 
 def resolve_input(cfg: DataConfig, src: Source, pretrained: Optional[dict]) -> InputSpec:
@@ -118,7 +129,7 @@ def resolve_input(cfg: DataConfig, src: Source, pretrained: Optional[dict]) -> I
     for key, values in (("data.mean", mean), ("data.std", std)):
         if len(values) not in (1, channels):
             raise UserError(f"{key}: {len(values)} values for a model fed {channels}-channel images")
-    return InputSpec(size, channels, list(mean), list(std), pretrained.get("crop_pct", 0.875), size_from)
+    return InputSpec(size, channels, list(mean), list(std), pretrained.get("crop_pct", CROP_PCT), size_from)
 
 
 class Data:
@@ -141,6 +152,7 @@ class Data:
         self.streamed = getattr(src.train, "streamed", False)
         self.window = cfg.shuffle_shards  # a streamed set's shuffle window, in shards
         self.regrouped: Optional[tuple[int, list]] = None  # (epoch, what is left of it) after a change of world
+        self.saved = dict(world=world, regrouped=None)  # the checkpoint's state_dict(), once one is loaded
         self.policy = cfg.augment or src.augment
         self.padding = src.crop_padding if cfg.crop_padding is None else cfg.crop_padding
         self.on_device, self.path_reason = choose_device_path(cfg, src, self.policy, device)
@@ -225,23 +237,22 @@ class Data:
         split = self.src.train
         order = plan.EpochOrder(split.counts, self.seed, epoch, self.window)
         segment = self.regrouped[1] if self.regrouped is not None and self.regrouped[0] == epoch else [(0, order.total)]
-        _, ranges = plan.piece(segment, self.world, self.rank)
+        ranges = plan.piece(segment, self.world, self.rank)
 
-        def ahead(w: int) -> None:
+        def ahead(w: int) -> None:  # the shards this process will read in the next window
             if w + 1 < len(order.windows):
-                split.reader.prefetch(order.windows[w + 1].tolist())
+                split.reader.prefetch(order.shards_read(w + 1, ranges))
 
         keys = plan.train_keys(order, ranges, skip, end - skip, per_process, ahead)
         for x, y in self.loaders["train"].stream(keys, math.ceil((end - skip) / per_process)):
             yield self.stage(x), y
 
-    def unreadable(self) -> list[str]:
-        """What was wrong with each sample skipped since the last call (a streamed set's damaged samples)."""
-        found = []
-        for loader in self.loaders.values():
-            found += getattr(loader, "skipped", [])
-            if hasattr(loader, "skipped"):
-                loader.skipped = []
+    def unreadable(self, split: str = "train") -> list[str]:
+        """What was wrong with each sample of `split` skipped since the last call (a streamed set's damaged ones)."""
+        loader = self.loaders.get(split)
+        found = getattr(loader, "skipped", [])  # (only the per-sample loader reads from disk, so only it skips)
+        if found:
+            loader.skipped = []
         return found
 
     def state_dict(self) -> dict:
@@ -255,7 +266,7 @@ class Data:
         """The batch a resumed epoch continues from. A streamed run resumed by another number of processes in the
         middle of an epoch goes on with what the old processes had not reached of their pieces, cut again for
         this number (every remaining sample once; hw3.data.shards.plan): from batch 0 of that."""
-        saved = getattr(self, "saved", None) or dict(world=self.world, regrouped=None)
+        saved = self.saved
         old = saved["regrouped"]
         self.regrouped = (old[0], [tuple(r) for r in old[1]]) if old and old[0] == epoch else None
         if saved["world"] == self.world or batch == 0:

@@ -12,12 +12,11 @@ from PIL import Image
 
 from hw3.config import DataConfig
 from hw3.data.small_images import settle
-from hw3.data.sources import DATASETS, Source, Split, colour_mode, image_size, open_image
+from hw3.data.sources import DATASETS, VAL_SPLITS, Source, Split, colour_mode, image_size, open_image
 from hw3.errors import UserError
 from hw3.storage.hub import go_offline_unless_reachable, offline
 
 # The Hub's names for a held-out split, in order of preference.
-HF_VAL_SPLITS = ("validation", "valid", "val", "dev")
 
 
 class HubReader:
@@ -97,7 +96,7 @@ def from_hub(dsd, cfg: DataConfig) -> Source:
     image_col = pick_column(features, cfg.image_column, datasets.Image, "data.image_column", where)
     label_col = pick_column(features, cfg.label_column, datasets.ClassLabel, "data.label_column", where)
     label_feature = features[label_col]
-    val_name = next((name for name in HF_VAL_SPLITS if name in dsd), None)
+    val_name = next((name for name in VAL_SPLITS if name in dsd), None)
     tables = {"train": dsd["train"], "val": dsd[val_name] if val_name else None, "test": dsd.get("test")}
     splits, mode = {}, None
     for name, table in tables.items():

@@ -20,6 +20,7 @@ from hw3.errors import UserError
 
 DATASETS: Registry[Callable[[DataConfig], "Source"]] = Registry("dataset")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+VAL_SPLITS = ("validation", "valid", "val", "dev")  # what datasets on the Hub call a validation split
 GRAY_MODES = ("L", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes of one-channel images
 
 

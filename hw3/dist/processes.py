@@ -90,8 +90,6 @@ def main_first(accelerator, build: Callable[[], T]) -> T:
 
 def gather_states(accelerator, state: dict) -> list[dict]:
     """Every process's own `state`, in rank order (what each process accumulates alone: the epoch's sums)."""
-    if accelerator.num_processes == 1:
-        return [state]
-    from accelerate.utils import gather_object
+    from accelerate.utils import gather_object  # (one process: [state] as it is)
 
     return gather_object([state])

@@ -31,7 +31,8 @@ def name(signum: int) -> str:
 class Signals:
     def __init__(self):
         self.previous: dict = {}
-        self.deferring = 0
+        self.deferring = 0  # > 0: a signal is recorded, not raised
+        self.outer = 0  # inside immediate(): the deferral it suspends
         self.pending = 0  # the first signal received since install(), 0 if none
 
     def install(self) -> None:
@@ -44,6 +45,7 @@ class Signals:
     def handle(self, signum: int, frame) -> None:
         self.pending = self.pending or signum
         if not self.deferring:
+            self.deferring = self.outer  # leaving an immediate stretch: the deferral around it holds again at once
             raise Stopped(signum)
 
     @contextlib.contextmanager
@@ -58,13 +60,13 @@ class Signals:
     @contextlib.contextmanager
     def immediate(self) -> Iterator[None]:
         """Inside a deferred block, a stretch where a signal stops the launch at once (nothing is in flight)."""
-        saved, self.deferring = self.deferring, 0
+        saved, self.deferring, self.outer = self.deferring, 0, self.deferring
         try:
             if self.pending:  # it came just before: act on it now
                 raise Stopped(self.pending)
             yield
         finally:
-            self.deferring = saved
+            self.deferring, self.outer = saved, 0
 
     def hold(self) -> None:
         """Record signals from now on, for good: the launch is on its way out."""
@@ -77,7 +79,7 @@ class Signals:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         received = self.pending  # (one that came while the handlers were put back included)
-        self.previous, self.pending, self.deferring = {}, 0, 0
+        self.previous, self.pending, self.deferring, self.outer = {}, 0, 0, 0
         return received
 
     @staticmethod

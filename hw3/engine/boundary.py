@@ -3,7 +3,8 @@
 - `after_step`: the progress bar, the crash point of the fault tests, and what the launch's first step tells
   (its start-up time; for Muon, which tensors it trains).
 - `look_at_device`: the host's one read of the device every `log.log_every` steps and at the epoch's last step:
-  train.max_bad_steps, the processes agreeing on a signal and on a timed checkpoint, the running loss.
+  train.max_bad_steps, the processes agreeing on a signal and on a timed checkpoint, data.max_bad_samples, the
+  running loss.
 - `reason_to_stop`: a signal the processes agreed on, or train.max_steps (a limit of this launch).
 - `checkpoint_due` and `checkpoint`: the mid-epoch checkpoints of train.checkpoint_every_steps / _minutes.
 """
@@ -20,6 +21,7 @@ import torch
 from hw3.dist.faults import crash_point
 from hw3.dist.signals import SIGNALS
 from hw3.engine.build import Run
+from hw3.engine.evaluation import say_unreadable
 from hw3.errors import UserError
 from hw3.optim import routing_table
 from hw3.runs.checkpoints import list_checkpoints, save_checkpoint
@@ -47,10 +49,7 @@ def after_step(run: Run, bar, batches: int) -> None:
         if (run.cfg.optim.base if run.sam else run.cfg.optim.name) == "muon":
             run.tracker.write("optimizer_routing.md", routing_table(run.net, run.optimizer))
     crash_point("train_step")
-    if run.data.streamed:
-        for said in run.data.unreadable():  # skipped, counted, said once by the process that met it
-            print(f"warning: skipping an unreadable sample: {said}", file=sys.stderr, flush=True)
-            run.sums.unreadable += 1
+    run.sums.unreadable += say_unreadable(run.data, "train")  # skipped, counted, said by the process that met it
     if bar is not None:
         bar.update(batches)
 
@@ -62,16 +61,18 @@ def look_at_device(run: Run, bar) -> None:
     accelerator, sums, limit = run.accelerator, run.sums, run.cfg.train.max_bad_steps
     minutes = run.cfg.train.checkpoint_every_minutes
     due = minutes is not None and accelerator.is_main_process and time.monotonic() - run.last_checkpoint >= 60 * minutes
-    flags = torch.stack(
+    mine = torch.stack(  # what this process has seen since the last look
         [
             run.bad_steps.longest.double(),
             torch.full_like(sums.loss, float(SIGNALS.pending)),
             torch.full_like(sums.loss, float(due)),
+            torch.full_like(sums.loss, float(sums.unreadable)),
         ]
     )
-    if accelerator.num_processes > 1:
-        flags = accelerator.reduce(flags, "max")
-    longest, signal, due, loss = torch.cat([flags, sums.loss[None]]).tolist()
+    # one collective: every process's row; the flags are agreed by their max, unreadable samples summed
+    rows = (accelerator.gather(mine) if accelerator.num_processes > 1 else mine).view(-1, len(mine))
+    agreed = torch.cat([rows[:, :3].amax(0), rows[:, 3].sum()[None], sums.loss[None]])
+    longest, signal, due, unreadable, loss = agreed.tolist()
     run.agreed_signal, run.checkpoint_due = int(signal), bool(due)
     run.compile_guard.look(run)
     if longest >= limit:
@@ -82,18 +83,14 @@ def look_at_device(run: Run, bar) -> None:
             f"{run.state.step} (train.max_bad_steps={limit}){scale}; last good checkpoint: "
             f"{checkpoints[-1] if checkpoints else 'none'}"
         )
-    if run.data.streamed:
-        too_many_unreadable(run)
+    too_many_unreadable(run, run.state.unreadable_samples + int(unreadable))
     if bar is not None:
         bar.set_postfix(loss=f"{loss / max(sums.count, 1):.4f}")
 
 
-def too_many_unreadable(run: Run) -> None:
-    """data.max_bad_samples: unreadable samples so far, over every process (one sum), against the limit."""
-    seen = torch.tensor([float(run.sums.unreadable)], device=run.accelerator.device)
-    if run.accelerator.num_processes > 1:
-        seen = run.accelerator.reduce(seen, "sum")
-    total, limit = run.state.unreadable_samples + int(seen.item()), run.cfg.data.max_bad_samples
+def too_many_unreadable(run: Run, total: int) -> None:
+    """data.max_bad_samples: the unreadable samples of the run so far, over every process, against the limit."""
+    limit = run.cfg.data.max_bad_samples
     if total > limit:
         error = UserError(
             f"data.max_bad_samples: {total} unreadable samples (over {limit}; the warnings above name each shard "
@@ -131,7 +128,9 @@ def checkpoint_due(run: Run) -> bool:
 
 
 def checkpoint(run: Run, position: tuple[int, int]) -> None:
-    """The full training state at `position` (epoch, batches of it trained); restarts the interval's clock."""
+    """The full training state at `position` (epoch, batches of it trained), with the time trained since the last
+    one in wall_time_s (a launch stopped mid-epoch counts too); restarts the interval's clock."""
+    run.state.wall_time_s += time.monotonic() - run.last_checkpoint
     save_checkpoint(
         run.accelerator, run.run_dir, position, run.components(), run.own(), run.tensors(), run.cfg.train.keep_last
     )

@@ -77,9 +77,7 @@ class Run:
             early_stop=self.early_stop,
             best=self.best,
             schedule=self.schedule,
-            **(
-                {"data": self.data} if getattr(self.data, "streamed", False) else {}
-            ),  # what is left of an epoch regrouped
+            **({"data": self.data} if self.data.streamed else {}),  # what is left of an epoch regrouped
         )
 
     def own(self) -> dict[str, Any]:

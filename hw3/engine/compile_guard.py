@@ -51,7 +51,7 @@ class CompileGuard:
     def first_step(self, run, micro, measure_norm: bool, train_step: Callable) -> None:
         """`train_step` at a step where torch.compile compiles; on failure, the same step again, eagerly."""
         self.fresh = True
-        batches = [(x.clone(), y, w, last) for x, y, w, last in micro]  # mixup mixes in place: keep the originals
+        batches = list(micro)  # the originals, for a retry: the attempt gets copies (mixup mixes in place)
         snapshot, step = Snapshot(run), run.state.step
         started = time.perf_counter()
         try:

@@ -8,6 +8,7 @@ and its EMA) runs under the run's mixed precision, so the two are compared like 
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
@@ -89,7 +90,18 @@ def evaluate_in_precision(run: "Run", net: torch.nn.Module, split: str) -> dict:
     sync_buffers(run.accelerator, net)
     batches = run.data.eval_batches(split, eval_batch_size(run.cfg.train))
     with run.accelerator.autocast():
-        return evaluate(net, batches, run.accelerator, tta=run.cfg.eval.tta)
+        result = evaluate(net, batches, run.accelerator, tta=run.cfg.eval.tta)
+    say_unreadable(run.data, split)  # left out of the result's count
+    return result
+
+
+def say_unreadable(data, split: str) -> int:
+    """One warning per sample of `split` skipped as unreadable since the last call, by the process that met it;
+    how many."""
+    found = data.unreadable(split)
+    for said in found:
+        print(f"warning: skipping an unreadable sample: {said}", file=sys.stderr, flush=True)
+    return len(found)
 
 
 def eval_batch_size(cfg) -> int:

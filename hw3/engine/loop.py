@@ -34,15 +34,13 @@ from hw3.optim.schedules import batch_scale, set_lr
 def fit(run: Run) -> None:
     """Train epoch after epoch until train.epochs or early stopping, a checkpoint after each. A signal or
     train.max_steps stops the launch inside an epoch (hw3.engine.boundary: Interrupted, MaxStepsReached)."""
-    started = time.perf_counter()
+    run.last_checkpoint = time.monotonic()  # the clock of timed checkpoints and of wall_time_s starts here
     train_cfg, state = run.cfg.train, run.state
     while state.epoch < train_cfg.epochs and state.stopped is None:
         epoch = state.epoch
         metrics = train_one_epoch(run, epoch, batch_size_for(train_cfg, epoch))
         trained = state.batch  # batches of this epoch: all of them
         state.stopped = finish_epoch(run, epoch, metrics)  # early stopping, or a trial the study prunes
-        state.wall_time_s += time.perf_counter() - started
-        started = time.perf_counter()
         checkpoint(run, (epoch, trained))
         crash_point("after_save")
         if interrupted(run, agree=True):
@@ -88,28 +86,30 @@ def train_one_epoch(run: Run, epoch: int, batch_size: int) -> dict:
     freeze_backbone(run, frozen=epoch < run.cfg.train.freeze_backbone_epochs)
     bar = progress_bar(run, len(plan.sizes), epoch)
     started = time.perf_counter()
-    while state.batch < len(plan.sizes):
-        first = state.batch
-        last, micro = plan.step(first)
-        set_lr(run.optimizer, run.schedule, state.step, plan.lr_scale)
-        look = (state.step + 1) % log_every == 0 or last == len(plan.sizes)  # the host reads the device
-        if run.compile_guard.new_shape(plan.sizes[first:last]):  # torch.compile compiles now: fall back if it fails
-            run.compile_guard.first_step(run, micro, look, train_step)
-        else:
-            train_step(run, micro, measure_norm=look)
-        state.batch = last
-        after_step(run, bar, last - first)
-        if look:
-            look_at_device(run, bar)
-        stop = reason_to_stop(run)
-        if stop is not None or (last < len(plan.sizes) and checkpoint_due(run)):
-            run.sums.seconds += time.perf_counter() - started
-            started = time.perf_counter()
-            checkpoint(run, (epoch, state.batch))
-            if stop is not None:
-                raise stop
-    if bar is not None:
-        bar.close()
+    try:
+        while state.batch < len(plan.sizes):
+            first = state.batch
+            last, micro = plan.step(first)
+            set_lr(run.optimizer, run.schedule, state.step, plan.lr_scale)
+            look = (state.step + 1) % log_every == 0 or last == len(plan.sizes)  # the host reads the device
+            if run.compile_guard.new_shape(plan.sizes[first:last]):  # torch.compile compiles: fall back on failure
+                run.compile_guard.first_step(run, micro, look, train_step)
+            else:
+                train_step(run, micro, measure_norm=look)
+            state.batch = last
+            after_step(run, bar, last - first)
+            if look:
+                look_at_device(run, bar)
+            stop = reason_to_stop(run)
+            if stop is not None or (last < len(plan.sizes) and checkpoint_due(run)):
+                run.sums.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                checkpoint(run, (epoch, state.batch))
+                if stop is not None:
+                    raise stop
+    finally:
+        if bar is not None:
+            bar.close()
     run.sums.seconds += time.perf_counter() - started
     return epoch_metrics(run, batch_size)
 

@@ -14,6 +14,7 @@ from hw3.data import check_data
 from hw3.models import check_model
 from hw3.optim import check_optim
 from hw3.optim.schedules import check_sched
+from hw3.runs.metrics import MONITORS
 
 TRAIN_RULES = {
     **{
@@ -45,7 +46,6 @@ TRAIN_CHOICES = {
     "mixed_precision": ("no", "fp16", "bf16"),
     "compile": (False, True, "default", "reduce-overhead", "max-autotune"),
 }
-MONITORS = ("val_acc", "val_loss")
 TTA = ("none", "flip", "flip_shift")  # eval.tta: test-time augmentation views (hw3.engine.evaluation)
 TRACKERS = ("tensorboard", "wandb")
 

@@ -36,7 +36,7 @@ from hw3.optim.schedules import build_schedule
 from hw3.runs.checkpoints import list_checkpoints, load_checkpoint
 from hw3.runs.layout import default_run_dir
 from hw3.runs.lock import RunDirLock
-from hw3.runs.start import Start, check_output_dir, decide_start, prepare_run_dir
+from hw3.runs.start import Start, check_output_dir, decide_start, finish_interrupted_writes, prepare_run_dir
 
 
 class Launch:
@@ -60,10 +60,11 @@ class Launch:
     def signalled(self, signum: int) -> int:
         """A signal stopped the launch: its line and 128 + N, unless a peer died first and this is torchrun's
         SIGTERM to the survivors (then PeerLost)."""
-        if self.lost(wait_s=0.5):
+        launcher_gone = LAUNCHER.gone()  # then the store went with it: no peer can announce its exit
+        if not launcher_gone and self.lost(wait_s=0.5):
             raise self.peer_lost(None)
         signal_name, newest, run = name(signum), self.newest(), self.run
-        gone = " (its launcher is gone)" if LAUNCHER.gone() else ""
+        gone = " (its launcher is gone)" if launcher_gone else ""
         if self.phase == "training" and run is not None:
             state = run.state
             where = f"at epoch {state.epoch} batch {state.batch}" if state.batch else f"after epoch {state.epoch - 1}"
@@ -185,12 +186,17 @@ def decide_on_main(accelerator: Accelerator, cfg: Config, run_dir: Path) -> tupl
     if accelerator.is_main_process:
         try:
             lock = RunDirLock(run_dir)
+            finish_interrupted_writes(run_dir)
             answer = [decide_start(cfg, run_dir), None]
         except LaunchError as e:
             answer = [None, (type(e), str(e))]
+        except BaseException:  # a signal: the caller never gets the lock, so it is let go here
             if lock is not None:
                 lock.release(keep=False)
-                lock = None
+            raise
+        if answer[1] and lock is not None:
+            lock.release(keep=False)
+            lock = None
     if accelerator.num_processes > 1:
         broadcast_object_list(answer)
     if answer[1]:

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 
 from hw3.engine.build import Run
-from hw3.optim.nonfinite import found_inf, step_unless, total_norm
+from hw3.optim.nonfinite import found_inf, global_norm, step_unless
 from hw3.optim.sam import FULL, MOMENTUM, REUSE
 
 Micro = tuple[torch.Tensor, torch.Tensor, float, bool]  # images, labels, loss weight, last of its step
@@ -37,7 +37,7 @@ def train_step(run: Run, micro_batches: Iterator[Micro], measure_norm: bool) -> 
     if train_cfg.max_grad_norm:
         norm = torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm, foreach=True)  # norm before clipping
     elif measure_norm:
-        norm = total_norm(grads)
+        norm = global_norm(grads)
     bad = found_inf(grads, norm)
     step_unless(run.optimizer, bad)
     if scaler is not None:

@@ -42,8 +42,9 @@ class EpochSums:
         return dict(zip([*DEVICE_SUMS, "count", "unreadable"], values.tolist(), strict=True))
 
     def state_dict(self) -> dict:
+        device_values = torch.stack([getattr(self, k) for k in DEVICE_SUMS]).tolist()  # one read of the device
         return dict(
-            **{k: getattr(self, k).item() for k in DEVICE_SUMS},
+            **dict(zip(DEVICE_SUMS, device_values, strict=True)),
             count=self.count,
             unreadable=self.unreadable,
             seconds=self.seconds,

@@ -35,6 +35,7 @@ from hw3.experiments.launch import last_logged_line, run_logged, slot_environmen
 from hw3.reports.search import PLAN, SURPLUS, default_storage, write_search_report
 from hw3.runs.layout import SUMMARY
 from hw3.runs.lock import lock_is_free
+from hw3.runs.metrics import Monitor
 from hw3.storage.study import open_storage
 
 KINDS = ("uniform", "log_uniform", "int", "choice")
@@ -63,24 +64,31 @@ def read_space(args: argparse.Namespace) -> dict[str, dict]:
     return space
 
 
+SET_BY_THE_SEARCH = ("output_dir", "early_stop.monitor")  # each trial's own run dir, and --metric
+
+
 def check_space(space: dict, recipe: str, overrides: Sequence[str]) -> dict:
     """Optuna distributions for the space; every bound and choice checked to load as a recipe (the recipe's own
     rules refuse what they would refuse in a recipe). Raises UserError naming the key."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     given = {item.partition("=")[0].strip() for item in overrides}
+    clash = sorted(given & set(SET_BY_THE_SEARCH))
+    if clash:
+        raise UserError(f"{clash[0]}: the search sets it for every trial (the run dir, --metric); leave it out")
     distributions = {}
     for key, spec in space.items():
-        if key in given or key in ("output_dir", "seed"):
-            raise UserError(
-                f"{key}: searched and also set ({'by the search' if key == 'output_dir' else 'as an override'})"
-            )
+        if key in given or key in SET_BY_THE_SEARCH:
+            raise UserError(f"{key}: searched and also set ({'as an override' if key in given else 'by the search'})")
         kind = next(iter(spec), None) if isinstance(spec, dict) else None
         if kind not in KINDS or set(spec) - {kind, "step"}:
             hint = did_you_mean(kind, KINDS) if kind else ""
             raise UserError(
                 f"{key}: a distribution is {{uniform | log_uniform | int | choice: [...]}}{hint}, got {spec!r}"
             )
+        step = spec.get("step", 1)
+        if kind != "int" and "step" in spec or not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            raise UserError(f"{key}: step is a whole number >= 1, and only for an int range; got {spec!r}")
         values = spec[kind] if isinstance(spec[kind], list) else [spec[kind]]
         if kind == "choice":
             if not values:
@@ -95,7 +103,7 @@ def check_space(space: dict, recipe: str, overrides: Sequence[str]) -> dict:
                     f"{key}: empty range [{low}, {high}]" + (" (log: low must be > 0)" if low <= 0 < high else "")
                 )
             if kind == "int":
-                distributions[key] = IntDistribution(int(low), int(high), step=int(spec.get("step", 1)))
+                distributions[key] = IntDistribution(int(low), int(high), step=step)
             else:
                 distributions[key] = FloatDistribution(float(low), float(high), log=kind == "log_uniform")
         for value in values:
@@ -118,7 +126,7 @@ def make_study(args: argparse.Namespace, distributions: dict, epochs: int):
         study = optuna.create_study(
             study_name=args.study,
             storage=open_storage(storage),
-            direction="maximize" if args.metric == "val_acc" else "minimize",
+            direction="maximize" if Monitor(args.metric).maximize else "minimize",
             sampler=samplers[args.sampler](),
             pruner=make_pruner(args.pruner, epochs),
             load_if_exists=True,

@@ -7,14 +7,14 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from hw3.errors import UserError
 from hw3.reports.plots import plot_confusion
 from hw3.runs.checkpoints import list_checkpoints
-from hw3.runs.layout import BEST, CONFIG
+from hw3.runs.layout import BEST, CONFIG, SUMMARY
 from hw3.storage.manifest import check_weights
 
 
@@ -68,32 +68,52 @@ def write_outputs(out: Path, result: dict, classes: list[str], weights_name: str
     )
 
 
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_precision(run_dir: Path, recipe: Optional[str], device: torch.device) -> str:
+    """The mixed precision the run validated and tested in (its summary says; else its recipe), as the run did
+    it: fp16 only on CUDA."""
+    summary = run_dir / SUMMARY
+    used = json.loads(summary.read_text()).get("mixed_precision") if summary.is_file() else recipe
+    if used not in PRECISIONS or (used == "fp16" and device.type != "cuda"):
+        return "no"
+    return used
+
+
+def run_data(run_dir: Path, card: dict, overrides: Sequence[str], device: str):
+    """(config, data): the run's recipe (with `overrides`) and its data, prepared as the model `card` describes was
+    fed, for one process."""
+    from hw3.data import Data, InputSpec, open_source
+    from hw3.engine.recipe import load_recipe
+
+    cfg = load_recipe(str(run_dir / CONFIG), list(overrides))
+    src = open_source(cfg.data, cfg.smoke)
+    return cfg, Data(cfg.data, src, InputSpec.of_card(card), torch.device(device), 1, 0, cfg.seed)
+
+
 def evaluate_run(
     run_dir: Path, split: str, checkpoint: str, device: str, batch_size: int, overrides: Sequence[str] = ()
 ) -> tuple[Path, dict]:
     """Evaluate and write eval/<split>-<weights>/; returns that folder and the metrics."""
     from safetensors.torch import load_file
 
-    from hw3.data import Data, InputSpec, open_source
     from hw3.engine.evaluation import evaluate
-    from hw3.engine.recipe import load_recipe
     from hw3.models.card import model_from_card
 
     if not (run_dir / CONFIG).is_file():
         raise UserError(f"{run_dir}: not an hw3 run dir (no {CONFIG})")
-    cfg = load_recipe(str(run_dir / CONFIG), list(overrides))
     path, card = find_weights(run_dir, checkpoint)
-    model = model_from_card(card, load_file(str(path))).to(device)
-    src = open_source(cfg.data, cfg.smoke)
-    if getattr(src, split) is None:
+    cfg, data = run_data(run_dir, card, overrides, device)
+    if getattr(data.src, split) is None:
         raise UserError(f"--split {split}: {cfg.data.name} has no {split} split")
-    spec = InputSpec(card["image_size"], card["in_chans"], card["mean"], card["std"], card.get("crop_pct", 0.875))
-    data = Data(cfg.data, src, spec, torch.device(device), 1, 0, cfg.seed)
+    model = model_from_card(card, load_file(str(path))).to(device)
     batches = data.eval_batches(split, batch_size)
-    result = evaluate(model, batches, confusion_classes=len(card["classes"]), tta=cfg.eval.tta)
+    precision = run_precision(run_dir, cfg.train.mixed_precision, torch.device(device))
+    with torch.autocast(torch.device(device).type, dtype=PRECISIONS.get(precision), enabled=precision != "no"):
+        result = evaluate(model, batches, confusion_classes=len(card["classes"]), tta=cfg.eval.tta)
     weights_name = checkpoint if checkpoint in ("best", "last") else path.parent.name
     out = run_dir / "eval" / f"{split}-{weights_name}"
-    write_outputs(
-        out, dict(split=split, checkpoint=str(path), tta=cfg.eval.tta, **result), card["classes"], weights_name
-    )
+    described = dict(split=split, checkpoint=str(path), tta=cfg.eval.tta, mixed_precision=precision, **result)
+    write_outputs(out, described, card["classes"], weights_name)
     return out, result

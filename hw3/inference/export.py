@@ -35,14 +35,10 @@ TOLERANCE = 1e-3  # largest logit difference a verified export may show (float32
 
 def sample_images(run_dir: Path, card: dict, overrides: Sequence[str], n: int = 16) -> torch.Tensor:
     """Up to n images of the run's test split (else validation), prepared as the model's evaluation prepares them."""
-    from hw3.data import Data, InputSpec, open_source
-    from hw3.engine.recipe import load_recipe
+    from hw3.inference.evaluate import run_data
 
-    cfg = load_recipe(str(run_dir / CONFIG), list(overrides))
-    src = open_source(cfg.data, cfg.smoke)
-    split = "test" if src.test is not None else "val"
-    spec = InputSpec(card["image_size"], card["in_chans"], card["mean"], card["std"], card.get("crop_pct", 0.875))
-    data = Data(cfg.data, src, spec, torch.device("cpu"), 1, 0, cfg.seed)
+    _, data = run_data(run_dir, card, overrides, "cpu")
+    split = "test" if data.src.test is not None else "val"
     return next(iter(data.eval_batches(split, n)))[0]
 
 
@@ -105,7 +101,7 @@ def export_hub(model, card: dict, run_dir: Path, x: torch.Tensor, out: Path) -> 
         input_size=(card["in_chans"], card["image_size"], card["image_size"]),
         mean=tuple(card["mean"]),
         std=tuple(card["std"]),
-        crop_pct=card.get("crop_pct", 0.875),
+        crop_pct=card["crop_pct"],
     )
     # the pretrained_cfg timm keeps on the model is the architecture's default (ImageNet's, or hw3's 1 x 28 x 28):
     # the input this model was trained on replaces it
@@ -154,7 +150,7 @@ def write_model_card(run_dir: Path, card: dict, out: Path) -> None:
         f"# {card['name']} trained with hw3 on {run.cfg['data']['name']}",
         "",
         f"{card['num_classes']} classes, {card['image_size']} px, {card['in_chans']} channel(s); mean {card['mean']}, "
-        f"std {card['std']}, crop_pct {card.get('crop_pct', 0.875)}.",
+        f"std {card['std']}, crop_pct {card['crop_pct']}.",
         "",
         "```python",
         *load_snippet(card["name"]),

@@ -38,7 +38,7 @@ class Prepare:
 
         self.channels, self.size = card["in_chans"], card["image_size"]
         cropped = card.get("eval_resize", "resize") == "center_crop"
-        crop = photo_transform("none", self.size, 0, card.get("crop_pct", 0.875), None, train=False)
+        crop = photo_transform("none", self.size, 0, card["crop_pct"], None, train=False)
         self.transform = crop if cropped else v2.PILToTensor()
 
     def __call__(self, path: Path) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 from hw3.config import ModelConfig
 from hw3.config.names import did_you_mean
 from hw3.errors import UserError
-from hw3.models.names import remember_model_names
+from hw3.models.names import cached_model_names, remember_model_names
 from hw3.models.simple import NAMES as SIMPLE_MODELS
 from hw3.storage.hub import go_offline_unless_reachable
 
@@ -28,13 +28,14 @@ SMALL_INPUT_MAX_SIZE = 64  # px: at or below this, from-scratch resnets get the 
 
 
 def check_model_name(name: str) -> None:
-    """timm's verdict on `name`; a good one refreshes hw3's cached list of timm's models (hw3.models)."""
+    """timm's verdict on `name`; a good one missing from hw3's cached list of timm's models writes the list."""
     if not timm.is_model(name):
         raise UserError(
             f"model.name: unknown model '{name}'{did_you_mean(name, timm.list_models())} "
             f"(any timm model, or simple_mlp / simple_cnn)"
         )
-    remember_model_names(timm.list_models())
+    if name.split(".")[0] not in cached_model_names():
+        remember_model_names(timm.list_models())
 
 
 def pretrained_data_config(cfg: ModelConfig) -> Optional[dict]:

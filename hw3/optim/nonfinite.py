@@ -35,9 +35,10 @@ def found_inf(grads: list[torch.Tensor], norm: Optional[torch.Tensor]) -> torch.
     return flag
 
 
-def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """Global L2 norm of the gradients, in one fused kernel per dtype/device (as clip_grad_norm_ computes it)."""
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all the tensors together, in one fused kernel per dtype/device (as clip_grad_norm_ computes
+    it)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 def is_fused(optimizer: torch.optim.Optimizer) -> bool:

@@ -4,7 +4,7 @@ passes around an ordinary accelerate-prepared base optimizer.
 No library ships a SAM that survives accelerate, AMP and DDP, so this is the one piece written by hand. The
 reference (davda54/sam) wraps the base optimizer and needs a closure; an accelerate-prepared optimizer and
 GradScaler both call `step()` without one. Here the base optimizer stays an ordinary prepared optimizer and the
-training step (hw3.loop) runs, on a full SAM step:
+training step (hw3.engine.step) runs, on a full SAM step:
 
     pass 1   loss(w), backward                    inside no_sync: each process perturbs by its own gradient
     ascent   e(w) = rho * g / ||g||               (ASAM: rho * w^2 g / || |w| g ||), w <- w + e(w)
@@ -45,16 +45,13 @@ import torch
 from torch import nn
 
 from hw3.config import OptimConfig
+from hw3.optim.nonfinite import global_norm
 
 FULL, PLAIN, REUSE, MOMENTUM = "full", "plain", "reuse", "momentum"  # what a step does (SAM.kind)
 
 
 def bn_buffers(model: nn.Module) -> list[torch.Tensor]:
     return [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers()]
-
-
-def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 class SAM:

@@ -20,7 +20,7 @@ from typing import Callable
 from hw3.config import SchedConfig
 from hw3.config.names import Registry
 from hw3.config.rules import at_least, between, check_section
-from hw3.runs.metrics import Monitor
+from hw3.runs.metrics import MONITORS, Monitor
 
 RULES = {
     "min_lr": at_least(0),
@@ -34,7 +34,7 @@ RULES = {
 
 def check_sched(cfg: SchedConfig) -> None:
     """The `sched` section: ranges, the schedule's name, plateau's monitor."""
-    check_section(cfg, "sched", RULES, {"monitor": ("val_loss", "val_acc")})
+    check_section(cfg, "sched", RULES, {"monitor": MONITORS})
     SCHEDULES.get(cfg.name, "sched.name")
 
 
@@ -183,9 +183,8 @@ def batch_scale(mode: str, batch_size: int, base_batch_size: int) -> float:
     return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[mode]
 
 
-def set_lr(optimizer, schedule: Schedule, step: int, scale: float = 1.0) -> float:
-    """Write the lr for optimizer step `step` into every param group; returns the factor applied."""
+def set_lr(optimizer, schedule: Schedule, step: int, scale: float = 1.0) -> None:
+    """Write the lr for optimizer step `step` into every param group."""
     factor = schedule.factor(step) * scale
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
-    return factor

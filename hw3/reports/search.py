@@ -17,6 +17,7 @@ from hw3.reports.plots import pyplot, save
 from hw3.storage.study import open_storage
 
 PLAN = "search_plan.json"  # the search a dir holds (hw3.search writes it, hw3.report reads it)
+WRITES = ("search.json", "search.md", "search_history.png")  # what a search's report writes into its dir
 JOURNAL = "study.journal"  # the study's default storage, in the search dir
 SURPLUS = "surplus: the study had --trials trials when this worker asked"  # never run, left out of the results
 
@@ -126,9 +127,9 @@ def write_search_report(out: Path, study, metric: str) -> str:
     counts = {state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "fail", "running")}
     summary = dict(study=study.study_name, metric=metric, direction=study.direction.name.lower(), counts=counts,
                    best=best, importance=importances(study), trials=rows)  # fmt: skip
-    (out / "search.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / WRITES[0]).write_text(json.dumps(summary, indent=1, default=str))
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    plot_history(rows, out / "search_history.png", metric, maximize)
+    plot_history(rows, out / WRITES[2], metric, maximize)
     said = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     lines = [f"# Search {study.study_name}: {len(rows)} trials ({said})", ""]
     if best is not None:
@@ -139,7 +140,7 @@ def write_search_report(out: Path, study, metric: str) -> str:
     elif rows and rows[0]["params"]:  # say why, rather than leave the line out
         lines += [f"Importance: not measured ({len(complete)} complete trials; fANOVA needs 2+ that differ)", ""]
     text = "\n".join(lines) + "\n" + search_table(rows, metric) + "\n![history](search_history.png)\n"
-    (out / "search.md").write_text(text)
+    (out / WRITES[1]).write_text(text)
     return text
 
 

@@ -1,8 +1,7 @@
-"""A sweep dir -> sweep.json, sweep.md and sweep_val_acc.png: per combination of grid values, the number of finished
-runs and the mean, sample standard deviation, min and max over seeds of the best validation accuracy (and loss)
-and the test accuracy, sorted by the recipe's monitored metric. Runs not finished yet are left out (n says how
-many went in), so it can be written while a sweep runs on a cluster.
-"""
+"""A sweep dir -> sweep.json, sweep.md, sweep_val_acc.png and sweep_cost.png: per combination of grid values, the
+number of finished runs and the mean, sample standard deviation, min and max over seeds of the best validation
+accuracy (and loss) and the test accuracy, sorted by the recipe's monitored metric. Runs not finished yet are left
+out (n says how many went in), so it can be written while a sweep runs on a cluster."""
 
 from __future__ import annotations
 
@@ -149,7 +148,7 @@ def write_sweep_report(out: Path, report: Optional[Path] = None) -> tuple[str, l
     plot = report.with_name(f"{report.stem}_val_acc.png")
     report.parent.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(sweep, indent=1))
-    cost = plot.with_name(plot.name.replace("_val_acc.png", "_cost.png"))
+    cost = report.with_name(f"{report.stem}_cost.png")
     images = f"![validation accuracy]({plot.name})\n\n![accuracy against cost]({cost.name})\n"
     report.write_text(f"# Sweep of {sweep['recipe']}\n\n{table}\n{images}")
     plot_val_acc(sweep, plot)

@@ -2,14 +2,13 @@
 in best/ outside the rolling checkpoints as safetensors beside a `model.json` that rebuilds the network
 (hw3.load_model), `meta.json` and `manifest.json`.
 
-best/ is written whole into best.new/ (manifest last), then swapped in with two renames. A crash between them
-leaves best.new/ complete and no best/; recover_best() finishes the swap at the next launch.
+best/ is written whole into best.new/ (manifest last), then swapped in (hw3.storage.manifest.publish); a swap a
+crash interrupted is finished at the next launch (recover_best).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -22,9 +21,9 @@ from hw3.errors import WriteFailed
 from hw3.runs.layout import BEST
 from hw3.runs.metrics import Monitor
 from hw3.storage.files import remove, write_atomic, writing
-from hw3.storage.manifest import verify, write_manifest
+from hw3.storage.manifest import publish, recover, write_manifest
 
-BEST_NEW, BEST_OLD = f"{BEST}.new", f"{BEST}.old"
+BEST_NEW = f"{BEST}.new"
 
 
 class BestWeights:
@@ -65,7 +64,7 @@ class BestWeights:
 def save_best(run_dir: Path, weights: dict[str, torch.Tensor], card: dict, meta: dict) -> None:
     """best/model.safetensors + model.json (rebuild recipe) + meta.json (epoch, metric) + manifest.json. Main
     process only. On failure best/ is untouched and best.new/ removed."""
-    new, best, old = run_dir / BEST_NEW, run_dir / BEST, run_dir / BEST_OLD
+    new = run_dir / BEST_NEW
     remove(new)
     with writing(new / "model.safetensors", cleanup=[new]):
         new.mkdir()
@@ -78,20 +77,9 @@ def save_best(run_dir: Path, weights: dict[str, torch.Tensor], card: dict, meta:
         write_atomic(new / "model.json", json.dumps(card, indent=1).encode())
         write_atomic(new / "meta.json", json.dumps(meta, indent=1).encode())
         write_manifest(new)
-        remove(old)
-        if best.exists():
-            os.replace(best, old)
-        os.replace(new, best)
-    remove(old)
+        publish(new, run_dir / BEST)
 
 
 def recover_best(run_dir: Path) -> None:
     """Finish a swap of best/ that a crash interrupted; drop leftovers. Main process, lock held."""
-    new, best, old = run_dir / BEST_NEW, run_dir / BEST, run_dir / BEST_OLD
-    if not best.exists():
-        if new.is_dir() and verify(new) is None:
-            os.replace(new, best)
-        elif old.is_dir():
-            os.replace(old, best)
-    remove(new)
-    remove(old)
+    recover(run_dir / BEST_NEW, run_dir / BEST)

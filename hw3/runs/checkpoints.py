@@ -4,8 +4,10 @@ Checkpoints are folders hw3 names itself, `checkpoints/epoch0003-batch000021` (t
 epoch 3, counted from 0; an end-of-epoch checkpoint holds all of them), never accelerate's automatic
 `checkpoint_<n>` (its counter is not restored on resume, so names collide). A save goes to
 `checkpoints/.tmp-<name>`; when every process has written its part, `manifest.json` (size and checksum of every
-file, hw3.storage) is written last and the folder renamed into place. A crash mid-save leaves a `.tmp-` folder,
-which is ignored and cleaned up, never a checkpoint that looks complete. On resume the newest checkpoint is
+file, hw3.storage) is written last and the folder renamed into place (hw3.storage.manifest.publish, which also
+replaces a checkpoint of the same name safely). A crash mid-save leaves a `.tmp-` folder, which the next launch
+removes or, when only the last rename was missing, finishes (recover_saves): never a checkpoint that looks
+complete and is not. On resume the newest checkpoint is
 verified against its manifest; one that fails is moved aside (`damaged-<name>`) and the next older one tried.
 
 What each process accumulates alone (the epoch's running sums) is saved per process, in rank order, and given
@@ -29,11 +31,12 @@ from hw3.dist.processes import agree, gather_states
 from hw3.errors import UserError, WriteFailed
 from hw3.runs.layout import CHECKPOINTS
 from hw3.storage.files import remove, write_atomic, writing
-from hw3.storage.manifest import MANIFEST, verify, write_manifest
+from hw3.storage.manifest import MANIFEST, publish, recover, verify, write_manifest
 
 STATE_FILE = "trainer_state.json"
 NAME = re.compile(r"^epoch(\d{4,})-batch(\d{6,})$")
 DAMAGED = "damaged-"
+SUPERSEDED = "superseded-"  # newer than a checkpoint train.resume named
 
 
 def checkpoint_name(epoch: int, batch: int) -> str:
@@ -69,13 +72,32 @@ def newest_verified(run_dir: Path) -> tuple[Optional[Path], list[tuple[Path, str
 def set_aside(rejected: list[tuple[Path, str]]) -> list[str]:
     """Rename damaged checkpoints to damaged-<name> (kept for a look, never pruned, never resumed); the lines that
     say so. Main process, lock held."""
-    lines = []
-    for path, problem in rejected:
-        aside = path.with_name(f"{DAMAGED}{path.name}")
-        remove(aside)
-        os.replace(path, aside)
-        lines.append(f"warning: checkpoint {path}: {problem}; moved aside to {aside.name}, using an older one")
-    return lines
+    return [
+        f"warning: checkpoint {path}: {problem}; moved aside to {move_aside(path, DAMAGED).name}, using an older one"
+        for path, problem in rejected
+    ]
+
+
+def set_aside_newer(run_dir: Path, resume_from: Optional[Path]) -> list[str]:
+    """train.resume named an older checkpoint of this run: the newer ones (another course of the run, which the
+    pruning by position would keep over the new saves) are renamed superseded-<name>, kept, never resumed."""
+    folders = checkpoint_folders(run_dir)
+    resolved = [p.resolve() for p in folders]
+    if resume_from is None or resume_from.resolve() not in resolved:
+        return []
+    newer = folders[resolved.index(resume_from.resolve()) + 1 :]
+    return [
+        f"warning: checkpoint {path} is newer than train.resume's; moved aside to {move_aside(path, SUPERSEDED).name}"
+        for path in newer
+    ]
+
+
+def move_aside(path: Path, prefix: str) -> Path:
+    aside, n = path.with_name(f"{prefix}{path.name}"), 1
+    while aside.exists():  # one set aside before under this name is kept too
+        aside, n = path.with_name(f"{prefix}{path.name}-{n}"), n + 1
+    os.replace(path, aside)
+    return aside
 
 
 def save_checkpoint(
@@ -98,7 +120,8 @@ def save_checkpoint(
     error = agree(accelerator, error)
     if error is None:
         crash_point("checkpoint_save")
-        error = agree(accelerator, attempt(lambda: publish(tmp, final, run_dir, keep_last)) if main else None)
+        published = attempt(lambda: publish_checkpoint(tmp, final, run_dir, keep_last)) if main else None
+        error = agree(accelerator, published)
     if error is not None:
         if main:
             remove(tmp)
@@ -109,8 +132,7 @@ def save_checkpoint(
         )
         failed.quiet = not main  # every process stops here with it; the main one says it
         raise failed
-    accelerator.wait_for_everyone()
-    return final
+    return final  # (agree() waited for the main process's rename: the checkpoint exists for every process)
 
 
 def attempt(write: Callable[[], None]) -> Optional[str]:
@@ -132,15 +154,22 @@ def write_state(accelerator, tmp: Path, saved: dict, tensors: dict) -> None:
             write_atomic(tmp / STATE_FILE, json.dumps(saved, indent=1).encode())
 
 
-def publish(tmp: Path, final: Path, run_dir: Path, keep_last: int) -> None:
+def publish_checkpoint(tmp: Path, final: Path, run_dir: Path, keep_last: int) -> None:
     """Manifest last, then the rename that makes the checkpoint exist; then drop the oldest beyond keep_last."""
     with writing(tmp):
         write_manifest(tmp)
-        if final.exists():  # the same position saved again (e.g. interrupted twice at one step)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish(tmp, final)  # the same position may be saved again (a stop at an epoch's last step, then its end)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_saves(run_dir: Path) -> None:
+    """Finish the saves a crash interrupted at their last rename; drop unfinished ones. Main process, lock held."""
+    folder = run_dir / CHECKPOINTS
+    if folder.is_dir():
+        tmp = {p.name.removeprefix(".tmp-") for p in folder.glob(".tmp-*")}
+        for name in tmp | {p.name[1 : -len(".old")] for p in folder.glob(".*.old")}:
+            recover(folder / f".tmp-{name}", folder / name)
 
 
 def read_state(path: Path) -> dict:

@@ -74,7 +74,6 @@ RUN = (
     Metric("passes", "forward/backward passes over the training split", "passes", "{:.2f}".format),
     Metric("train_time_s", "seconds in training steps", "train time", clock),
 )
-EPOCH_KEYS = tuple(m.key for m in EPOCH)
 RUN_METRICS = {m.key: m for m in RUN}
 
 
@@ -88,6 +87,9 @@ def console_line(row: dict, best: bool) -> str:
     return " | ".join(" ".join(group) for group in groups) + (" *" if best else "")
 
 
+MONITORS = ("val_acc", "val_loss")  # what early stopping, a plateau schedule and a search may follow
+
+
 @dataclass(frozen=True)
 class Monitor:
     """Which way is better: "val_acc" (higher) or "val_loss" (lower)."""
@@ -96,7 +98,7 @@ class Monitor:
 
     @property
     def maximize(self) -> bool:
-        return self.name == "val_acc"
+        return self.name == MONITORS[0]
 
     def value(self, metrics: dict) -> float:
         """The monitored number of evaluation results {"acc": ..., "loss": ...}."""

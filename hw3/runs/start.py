@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -22,7 +21,15 @@ from typing import Optional
 from hw3.config import Config, dotted, load_config
 from hw3.errors import UserError, WriteFailed
 from hw3.runs.best import recover_best
-from hw3.runs.checkpoints import DAMAGED, newest_verified, read_state, set_aside
+from hw3.runs.checkpoints import (
+    DAMAGED,
+    SUPERSEDED,
+    newest_verified,
+    read_state,
+    recover_saves,
+    set_aside,
+    set_aside_newer,
+)
 from hw3.runs.layout import BEST, CHECKPOINTS, CONFIG, LOCK, METRICS, SUMMARY, is_run_dir
 from hw3.runs.state import at_max_steps
 from hw3.storage.files import describe_failure, remove
@@ -81,6 +88,13 @@ def contents(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
 
 
+def finish_interrupted_writes(run_dir: Path) -> None:
+    """A checkpoint or best/ that a crash left one rename short of complete is completed, before anything is
+    decided from them. Main process, lock held."""
+    recover_saves(run_dir)
+    recover_best(run_dir)
+
+
 def decide_start(cfg: Config, run_dir: Path) -> Start:
     """Where this launch starts. Raises UserError; touches nothing (the caller holds the lock)."""
     occupied, train_cfg = bool(contents(run_dir)), cfg.train
@@ -119,7 +133,7 @@ def resume(cfg: Config, record: Path, checkpoint: Path, run_dir: Path, rejected:
     if at_max_steps(cfg.train, state["step"]):
         position = f"epoch {state['epoch']}, batch {state['batch']}"
         return Start(
-            done=f"{run_dir} stopped at train.max_steps={cfg.train.max_steps} (step {state['step']}: {position}); "
+            done=f"{record} stopped at train.max_steps={cfg.train.max_steps} (step {state['step']}: {position}); "
             f"rerun without train.max_steps, or with a larger one, to continue"
         )
     position = (state["epoch"], state["batch"])
@@ -221,30 +235,27 @@ def finished(cfg: Config, run_dir: Path, state: dict) -> Optional[str]:
 
 
 def prepare_run_dir(run_dir: Path, start: Start) -> list[str]:
-    """Empty the run dir when asked (keeping the lock), make its folders, move damaged checkpoints aside, finish an
-    interrupted swap of best/. Main process only, lock held. Returns the warnings to print."""
+    """Empty the run dir when asked (keeping the lock), make its folders, move damaged checkpoints (and those newer
+    than one train.resume named) aside. Main process only, lock held. Returns the warnings to print."""
     try:
         if start.wipe:
             for path in contents(run_dir):
                 remove(path)
         (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        warnings = set_aside(start.rejected)
+        warnings = set_aside(start.rejected) + set_aside_newer(run_dir, start.resume_from)
         if start.restart:  # what the lost attempt left, but its records (config.yaml, command.txt) and the damaged
             for path in [run_dir / BEST, run_dir / METRICS, *(run_dir / CHECKPOINTS).iterdir()]:
-                if not path.name.startswith(DAMAGED):
+                if not path.name.startswith((DAMAGED, SUPERSEDED)):
                     remove(path)
             warnings = [
                 f"warning: no checkpoint in {run_dir / CHECKPOINTS} verifies "
                 f"({'; '.join(f'{p.name}: {why}' for p, why in start.rejected)}); they are moved aside "
                 f"({DAMAGED}*) and the run starts over from epoch 0"
             ]
-        recover_best(run_dir)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise WriteFailed(f"output_dir: {describe_failure(e, run_dir)}; free some space") from None
         raise UserError(f"output_dir: cannot write to {run_dir} ({e.strerror or e})") from None
-    for stale in (run_dir / CHECKPOINTS).glob(".tmp-*"):  # saves a crash interrupted
-        shutil.rmtree(stale, ignore_errors=True)
     return warnings
 
 

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -24,8 +25,9 @@ ZIP_WRITER_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWrit
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary name, fsync, rename: readers see the old file or the new one, never half. On failure
-    the temporary file is removed and WriteFailed names `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    the temporary file is removed and WriteFailed names `path`. The temporary name is the writer's own (pid and
+    thread), so launches sharing a cache folder never write into each other's file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with writing(path, cleanup=[tmp]):
         with open(tmp, "wb") as f:
             f.write(data)

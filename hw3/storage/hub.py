@@ -13,6 +13,7 @@ import sys
 import threading
 
 PROBE_SECONDS = 4.0
+ANSWERED = False  # the Hub answered this process once: not asked again
 
 
 def offline() -> bool:
@@ -44,9 +45,10 @@ def reachable(seconds: float = PROBE_SECONDS) -> bool:
 
 def go_offline_unless_reachable() -> bool:
     """Switch to offline mode when the Hub does not answer; True when offline (before or now)."""
+    global ANSWERED
     if offline():
         return True
-    if reachable():
+    if ANSWERED or (ANSWERED := reachable()):  # asked once per process
         return False
     os.environ["HF_HUB_OFFLINE"] = "1"
     from huggingface_hub import constants

@@ -7,17 +7,22 @@ CRC-32 because it is the fastest check the standard library has (about 2 GB/s he
 has what it adds to a save and a resume) and the damage it is for is accidental (a torn write, a bad disk, a hand
 edit): it misses a random change with probability 2^-32. It is no defence against forgery; checkpoints are never
 unpickled into code anyway (torch.load(weights_only=True)).
+
+A complete folder takes the place of an older one of the same name by two renames (`publish`): the old one to
+`.<name>.old`, the new one into place. A crash between them leaves the new one complete beside the old one and no
+folder of that name; `recover` finishes the swap at the next launch (or puts the old one back).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Optional
 
 from hw3.errors import UserError
-from hw3.storage.files import CHUNK, fsync_tree, write_atomic
+from hw3.storage.files import CHUNK, fsync_tree, remove, write_atomic
 
 MANIFEST = "manifest.json"
 
@@ -84,3 +89,30 @@ def check_weights(path: Path, card_file: Path) -> None:
     problem = verify(path.parent, names)
     if problem is not None:
         raise UserError(f"{path.parent}: {problem}; these weights cannot be trusted")
+
+
+def old_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def publish(new: Path, final: Path) -> None:
+    """Make the complete folder `new` (its manifest written) be `final`, replacing the folder there, if any."""
+    old = old_name(final)
+    remove(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    remove(old)
+
+
+def recover(new: Path, final: Path) -> None:
+    """Finish a `publish` of `new` to `final` that a crash interrupted: with no `final`, `new` if it verifies, else
+    the old one; then what is left of either goes."""
+    old = old_name(final)
+    if not final.exists():
+        if new.is_dir() and verify(new) is None:
+            os.replace(new, final)
+        elif old.is_dir():
+            os.replace(old, final)
+    remove(new)
+    remove(old)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from hw3.errors import UserError
+from hw3.storage.manifest import crc32
 
 BRACE = re.compile(r"\{([^{}]*)\}")
 TRIES, FIRST_PAUSE_S = 5, 0.5
@@ -87,9 +88,12 @@ def _read(url: str) -> bytes:
         return f.read()
 
 
-def fetch(url: str, dest: Path, expected_bytes: Optional[int] = None, tries: int = TRIES) -> Path:
+def fetch(
+    url: str, dest: Path, expected_bytes: Optional[int] = None, tries: int = TRIES, expected_crc32: Optional[str] = None
+) -> Path:
     """`url` into `dest` (a temporary name, then renamed), retried with backoff; one line when it cannot be had.
-    A file of another size than `expected_bytes` (a transfer cut short) counts as a failed try."""
+    A file of another size than `expected_bytes` (a transfer cut short) or another CRC-32 (damaged on the way)
+    counts as a failed try."""
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
 
     def once() -> None:
@@ -98,6 +102,8 @@ def fetch(url: str, dest: Path, expected_bytes: Optional[int] = None, tries: int
         size = tmp.stat().st_size
         if expected_bytes is not None and size != expected_bytes:
             raise OSError(f"got {size:,} bytes of {expected_bytes:,}")
+        if expected_crc32 is not None and crc32(tmp) != expected_crc32:
+            raise OSError(f"its CRC-32 is {crc32(tmp)}, the index says {expected_crc32}")
         os.replace(tmp, dest)
 
     try:

@@ -53,6 +53,18 @@ CASES = {
         [QUICK, "train.mixed_precision=fp8", "output_dir={run}"],
         "train.mixed_precision: 'fp8' is not one of",
     ),
+    "shard cache below two windows": (
+        [
+            QUICK,
+            "data.name=shards",
+            "data.path={tmp}",
+            "data.shuffle_shards=4",
+            "data.cache_shards=6",
+            "output_dir={new}",
+        ],
+        "data.cache_shards: at least 2 x data.shuffle_shards (8): the window being read and the next one, fetched "
+        "ahead, got 6",
+    ),
     "missing recipe": (["{tmp}/nope.yaml", "output_dir={run}"], "nope.yaml' not found"),
     "malformed yaml": (["{tmp}/malformed.yaml", "output_dir={run}"], "malformed.yaml:3: malformed YAML"),
     "duplicate key": (["{tmp}/duplicate.yaml", "output_dir={run}"], "duplicate key 'lr' (first on line 2)"),

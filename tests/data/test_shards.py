@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import signal
 import tarfile
 import threading
@@ -23,7 +24,7 @@ from hw3.cli.shards import main as shards_main
 from hw3.config import DataConfig
 from hw3.data import open_source
 
-from formats import write_hub_parquet, write_imagefolder
+from formats import damage_tar_sample, write_hub_parquet, write_imagefolder
 from helpers import RECIPES, at_crash_point, deterministic, read_metrics, read_summary
 
 QUICK = RECIPES / "quickstart.yaml"
@@ -69,6 +70,22 @@ def test_written_shards_read_back_every_sample_of_the_source(tmp_path, kind):
             key = (theirs.images[i][0].numpy().tobytes(), int(theirs.labels[i]))
             expected[key] = expected.get(key, 0) + 1
         assert seen == expected
+
+
+def test_parquet_files_named_by_a_glob_are_indexed_once_and_read_again_from_that_index(tmp_path):
+    """Parquet files need no index: their footers are read once and the counts kept in hw3's cache, keyed by the
+    files (their size and time too) and the column keys. A second open reads that cached index: the same samples,
+    from the same absolute paths; a rewritten file is indexed again."""
+    out = tmp_path / "pq"
+    assert shards_main(["write", "--out", str(out), "--samples-per-shard", "300", "--format", "parquet",
+                        "data.name=digits"]) == 0  # fmt: skip
+    cfg = DataConfig(name="shards", path=str(out / "train-*.parquet"), num_classes=10)
+    first, again = open_source(cfg), open_source(cfg)
+    assert [s.url for s in again.train.shards] == [s.url for s in first.train.shards]
+    assert all(Path(s.url).is_file() for s in again.train.shards)
+    assert len(again.train) + len(again.val) == 1294 and again.train.read(5)[1] == first.train.read(5)[1]
+    shutil.copy(out / "train-00004.parquet", out / "train-00003.parquet")  # 94 rows now, not 300
+    assert len(open_source(cfg).train) + len(open_source(cfg).val) == 1294 - 300 + 94
 
 
 def test_every_sample_once_per_epoch_and_the_run_learns(digit_shards, tmp_path, monkeypatch, reference):
@@ -127,11 +144,11 @@ def test_shards_over_http_stream_into_a_bounded_cache_and_train_the_same(
     http_server, reference, tmp_path, train, monkeypatch
 ):
     monkeypatch.setenv("HW3_CACHE", str(tmp_path / "cache"))
-    result = train(*RUN, f"data.path={http_server}/digits", "data.cache_shards=3", f"output_dir={tmp_path / 'run'}")
+    result = train(*RUN, f"data.path={http_server}/digits", "data.cache_shards=8", f"output_dir={tmp_path / 'run'}")
     assert result.code == 0, result.err
     assert deterministic(read_metrics(tmp_path / "run")) == deterministic(read_metrics(reference))
     cached = list((tmp_path / "cache" / "shards").glob("*/rank0/*.shard"))
-    assert 0 < len(cached) <= 3  # never more than data.cache_shards on disk
+    assert 0 < len(cached) <= 8  # never more than data.cache_shards on disk (of 10 shards)
 
 
 def test_a_shard_that_cannot_be_fetched_is_retried_then_one_line(
@@ -153,41 +170,33 @@ def test_a_shard_that_cannot_be_fetched_is_retried_then_one_line(
     assert tries.count(f"{http_server}/digits/train-00003.tar") >= 5  # (and one try of the fetch ahead)
 
 
-def damage(tar_path: Path, nth: int) -> str:
-    """The nth sample's image of a tar shard replaced by bytes no decoder reads; returns its key."""
-    with tarfile.open(tar_path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    image = [m for m, _ in members if m.name.endswith(".png")][nth]
-    with tarfile.open(tar_path, "w") as tar:
-        for m, data in members:
-            data = b"\x89PNG not really" if m.name == image.name else data
-            m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
-    return image.name.rsplit(".", 1)[0]
-
-
 def test_a_damaged_sample_is_one_warning_counted_and_skipped(digit_shards, tmp_path, train):
     shards = tmp_path / "damaged"
-    import shutil
-
     shutil.copytree(digit_shards, shards)
-    key = damage(shards / "train-00002.tar", 7)
+    key = damage_tar_sample(shards / "train-00002.tar", 7)
+    label_key = damage_tar_sample(shards / "train-00004.tar", 5, ".cls", b"12")  # 10 classes
+    val_key = damage_tar_sample(shards / "validation-00000.tar", 3)
     result = train(*RUN, f"data.path={shards}", "train.epochs=1", f"output_dir={tmp_path / 'run'}")
     assert result.code == 0, result.err
     warnings = [line for line in result.err.splitlines() if line.startswith("warning: skipping")]
-    assert len(warnings) == 1 and warnings[0].startswith(
-        f"warning: skipping an unreadable sample: shard {shards / 'train-00002.tar'}, key {key}: UnidentifiedImageError"
-    )
-    assert read_metrics(tmp_path / "run")[0]["unreadable_samples"] == 1
+    said = "warning: skipping an unreadable sample: shard"
+    assert sorted(w.split(": UnidentifiedImageError")[0] for w in warnings[:2]) == [
+        f"{said} {shards / 'train-00002.tar'}, key {key}",
+        f"{said} {shards / 'train-00004.tar'}, key {label_key}: label 12 is not one of the 10 classes",
+    ]  # the training samples as the epoch meets them, the validation one as validation does (once: one epoch)
+    assert warnings[2].startswith(f"{said} {shards / 'validation-00000.tar'}, key {val_key}: UnidentifiedImageError")
+    assert read_metrics(tmp_path / "run")[0]["unreadable_samples"] == 2  # the training stream's
     strict = tmp_path / "strict"
     stopped = train(*RUN, f"data.path={shards}", "data.max_bad_samples=0", f"output_dir={strict}")
     assert stopped.code == 2
     assert (
-        "error: data.max_bad_samples: 1 unreadable samples (over 0; the warnings above name each shard" in stopped.err
+        "error: data.max_bad_samples: 2 unreadable samples (over 0; the warnings above name each shard" in stopped.err
     )
 
 
-def test_an_image_folder_written_as_shards_keeps_its_files_bytes_and_the_index_command(tmp_path, capsys):
+def test_an_image_folder_written_as_shards_keeps_its_files_bytes_and_the_index_command(
+    tmp_path, capsys, monkeypatch
+):
     write_imagefolder(tmp_path / "tree", per_class=10, seed=3)
     out = tmp_path / "shards"
     assert shards_main(["write", "--out", str(out), "--samples-per-shard", "7", "data.name=imagefolder",
@@ -201,6 +210,39 @@ def test_an_image_folder_written_as_shards_keeps_its_files_bytes_and_the_index_c
     assert shards_main(["index", str(out / "train-{00000..00002}.tar")]) == 0
     index = json.loads((out / "index.json").read_text())
     assert [s["samples"] for s in index["splits"]["train"]] == [7, 7, 6] and index["classes"] == ["0", "1"]
+    assert [s["url"] for s in index["splits"]["train"]] == [f"train-0000{k}.tar" for k in range(3)]  # beside it
+    # a pattern relative to the working folder, the index written elsewhere: it names the shards where they are
+    monkeypatch.chdir(out)
+    assert shards_main(["index", "train-{00000..00001}.tar", "--out", str(tmp_path / "two.json")]) == 0
+    two = open_source(DataConfig(name="shards", path=str(tmp_path / "two.json")))
+    assert len(two.train) + len(two.val) == 14  # (one of the two shards held out for validation)
+    assert two.train.read(0)[1] in (0, 1) and two.val.read(0)[1] in (0, 1)  # the shards found where they are
+    assert shards_main(["index", "train-00000.tar", "--classes", "1"]) == 2
+    assert capsys.readouterr().err.endswith("error: --classes 1: the shards have label 1\n")
+
+
+def test_a_hub_dataset_written_as_shards_keeps_its_encoded_images(tmp_path):
+    """Photos of a Hub set go into the tar shards as the Hub stores them, JPEGs as JPEGs (not decoded and
+    encoded again as PNGs, several times larger)."""
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    jpegs = []
+    for k in range(24):  # mixed sizes: read from disk image by image, as photos are
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (70 + k, 90, 3), dtype=np.uint8)).save(out, format="JPEG")
+        jpegs.append(out.getvalue())
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = {"image": [{"bytes": b, "path": None} for b in jpegs], "label": [k % 2 for k in range(24)]}
+    (tmp_path / "hub").mkdir()
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "hub/train-00000-of-00001.parquet"))
+    assert shards_main(["write", "--out", str(tmp_path / "shards"), "data.name=hf",
+                        f"data.path={tmp_path / 'hub'}"]) == 0  # fmt: skip
+    with tarfile.open(tmp_path / "shards/train-00000.tar") as tar:
+        written = {m.name.rsplit(".", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers()}
+        names = [m.name for m in tar.getmembers() if not m.name.endswith(".cls")]
+    assert names and all(n.endswith(".jpg") for n in names) and written["jpg"] in jpegs
 
 
 def test_a_hub_dataset_streams_its_parquet_files(tmp_path, train):

@@ -39,7 +39,7 @@ def test_a_window_mixes_only_its_own_shards():
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_processes_get_equal_pieces_with_every_sample_and_at_most_world_minus_one_twice(world):
     order = EpochOrder(COUNTS, seed=1, epoch=2, window=2)
-    pieces = [flat(order, piece([(0, N)], world, r)[1]) for r in range(world)]
+    pieces = [flat(order, piece([(0, N)], world, r)) for r in range(world)]
     assert len({len(p) for p in pieces}) == 1  # the same number of batches on every process
     seen = list(itertools.chain(*pieces))
     assert set(seen) == set(range(N)) and len(seen) - N <= world - 1
@@ -49,9 +49,9 @@ def test_processes_get_equal_pieces_with_every_sample_and_at_most_world_minus_on
 @pytest.mark.parametrize("old, new, consumed", [(2, 1, 10), (2, 3, 7), (3, 2, 0), (1, 2, 30), (4, 4, 5)])
 def test_after_another_number_of_processes_every_remaining_sample_is_visited_once(old, new, consumed):
     order = EpochOrder(COUNTS, seed=3, epoch=0, window=3)
-    before = [flat(order, piece([(0, N)], old, r)[1])[:consumed] for r in range(old)]
+    before = [flat(order, piece([(0, N)], old, r))[:consumed] for r in range(old)]
     rest = remainder([(0, N)], old, consumed)
-    after = [flat(order, piece(rest, new, r)[1]) for r in range(new)]
+    after = [flat(order, piece(rest, new, r)) for r in range(new)]
     visited_before, visited_after = set(itertools.chain(*before)), list(itertools.chain(*after))
     assert visited_before.isdisjoint(visited_after)
     assert visited_before | set(visited_after) == set(range(N))
@@ -62,7 +62,7 @@ def test_after_another_number_of_processes_every_remaining_sample_is_visited_onc
 
 def test_a_resumed_process_continues_its_piece_exactly():
     order = EpochOrder(COUNTS, seed=2, epoch=4, window=2)
-    _, ranges = piece([(0, N)], 2, 1)
+    ranges = piece([(0, N)], 2, 1)
     whole = list(itertools.chain(*train_keys(order, ranges, 0, 33, 4)))
     resumed = list(itertools.chain(*train_keys(order, ranges, 12, 21, 4)))
     assert resumed == whole[12:]  # ids and their augmentation seeds
@@ -72,3 +72,16 @@ def test_a_resumed_process_continues_its_piece_exactly():
 def test_take_cuts_a_segment_by_flattened_position():
     assert take([(0, 5), (10, 12), (20, 30)], 3, 9) == [(3, 5), (10, 12), (20, 22)]
     assert take([(0, 5)], 5, 9) == []
+
+
+def test_a_process_fetches_ahead_only_the_shards_its_own_piece_reads():
+    """The shards fetched ahead for window w: those the process's piece reads in w (none where its piece has
+    ended), so no process downloads another's shards."""
+    order = EpochOrder(COUNTS, seed=3, epoch=1, window=2)
+    for rank in range(4):
+        ranges = piece([(0, order.total)], 4, rank)
+        read = order.shards_of(np.concatenate([order.ids(a, b) for a, b in ranges]))
+        for w in range(len(order.windows)):
+            mine = {int(s) for s in read if s in set(order.windows[w].tolist())}
+            assert set(order.shards_read(w, ranges)) == mine
+        assert sum(bool(order.shards_read(w, ranges)) for w in range(len(order.windows))) < len(order.windows)

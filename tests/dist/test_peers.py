@@ -15,7 +15,7 @@ import pytest
 
 from hw3.runs.lock import lock_is_free
 
-from helpers import RECIPES, ROOT, accelerate_bin, child_env, launch_two, read_metrics
+from helpers import RECIPES, ROOT, accelerate_bin, child_env, exit_codes, launch_two, read_metrics
 
 pytestmark = pytest.mark.multiproc
 
@@ -36,12 +36,6 @@ MOMENTS = {
 }
 # each of the two processes killed at each moment, and two more: 10 launches
 KILLS = [(moment, rank) for moment in MOMENTS for rank in (0, 1)] + [("train_step:8", 1), ("start_up:1", 0)]
-
-
-def exit_codes(report: str) -> dict[int, int]:
-    """{rank: exit code} from torchrun's ChildFailedError report."""
-    found = re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*: (-?\d+)", report)
-    return {int(rank): int(code) for rank, code in found}
 
 
 def kill_and_read(tmp_path, moment: str, killed: int, n: int):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import RECIPES, deterministic, launch_two, read_metrics, run_subprocess
+from formats import damage_tar_sample
+from helpers import RECIPES, deterministic, exit_codes, launch_two, read_metrics, run_subprocess
 
 pytestmark = pytest.mark.multiproc
 
@@ -76,3 +77,20 @@ def test_resumed_on_one_process_instead_of_two_every_remaining_sample_once(digit
     assert len(rest) == 974 + 1294 and seen.isdisjoint(rest[:974]) and seen | set(rest[:974]) == set(range(1294))
     assert sorted(rest[974:]) == list(range(1294))  # the next epoch, whole, on one process
     assert [row["epoch"] for row in read_metrics(tmp_path / "run")] == [0, 1]
+
+
+def test_unreadable_samples_are_counted_over_both_processes_against_the_limit(digit_shards, tmp_path):
+    """One damaged sample in each of the 7 training shards: each process meets only those of its own part, fewer
+    than data.max_bad_samples=6, but the run has met 7, so it stops in one line."""
+    import shutil
+
+    shards = tmp_path / "damaged"
+    shutil.copytree(digit_shards, shards)
+    for shard in sorted(shards.glob("train-*.tar")):
+        damage_tar_sample(shard, 7)
+    result = launch_two([*ARGS, f"data.path={shards}", "train.epochs=1", "data.max_bad_samples=6"], tmp_path / "run")
+    assert result.code == 1 and set(exit_codes(result.err).values()) == {2}, result.err[-3000:]
+    skipped = [line for line in result.err.splitlines() if line.startswith("warning: skipping an unreadable")]
+    assert 0 < len(skipped) <= 7
+    (line,) = [line for line in result.err.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: data.max_bad_samples: 7 unreadable samples (over 6;")

@@ -205,3 +205,21 @@ def test_ctrl_c_stops_a_test_suite_that_runs_hw3_in_process(tmp_path):
     assert child.returncode == 2, out[-3000:]  # pytest: interrupted
     assert "KeyboardInterrupt" in out and "stopped by SIGINT " in out and "checkpoint" in out
     assert not reached.exists()
+
+
+def test_a_signal_that_ends_an_immediate_stretch_puts_the_deferral_back_before_anything_else_runs():
+    """A signal raised out of SIGNALS.immediate() (start-up) must leave signals deferred for the shutdown that
+    follows, even when it lands as the stretch is being left: the handler itself restores the deferral."""
+    from hw3.dist.signals import Signals, Stopped
+
+    signals = Signals()
+    with signals.deferred():
+        with pytest.raises(Stopped):
+            with signals.immediate():
+                try:
+                    signals.handle(signal.SIGTERM, None)
+                except Stopped:
+                    assert signals.deferring == 1  # already, before immediate()'s own clean-up
+                    raise
+        signals.handle(signal.SIGINT, None)  # recorded, not raised
+    assert signals.pending == signal.SIGTERM and signals.deferring == 0

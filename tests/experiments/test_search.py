@@ -50,6 +50,9 @@ def study_of(out: Path, name="hw3"):
         ("optim.name={choice: [sgd, adamm]}", "optim.name: unknown optimizer 'adamm' (did you mean 'adam'?)"),
         ("optim.lr={log_uniform: [0.0, 0.1]}", "optim.lr: empty range [0.0, 0.1] (log: low must be > 0)"),
         ("train.batch_size={int: [16, 8]}", "train.batch_size: empty range [16, 8]"),
+        ("train.batch_size={int: [8, 16], step: 0}", "train.batch_size: step is a whole number >= 1, and only for an"),
+        ("optim.lr={uniform: [0.1, 0.2], step: 1}", "optim.lr: step is a whole number >= 1, and only for an int"),
+        ("early_stop.monitor={choice: [val_loss]}", "early_stop.monitor: searched and also set (by the search)"),
     ],
 )
 def test_a_space_the_recipe_would_refuse_is_one_line_and_creates_nothing(tmp_path, capsys, param, message):

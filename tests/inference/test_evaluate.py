@@ -63,6 +63,18 @@ def test_evaluate_best_on_test_matches_the_training_summary(finished, capsys):
     assert "top-1" in capsys.readouterr().out
 
 
+def test_evaluate_uses_the_mixed_precision_the_run_was_tested_in(train, tmp_path):
+    """A bf16 run (bf16 autocast works on CPUs) is evaluated under bf16 again, so hw3.evaluate reproduces the
+    summary's test figures exactly, and says which precision it used."""
+    run_dir = tmp_path / "bf16"
+    assert train("--recipe", QUICK, "train.epochs=1", "train.mixed_precision=bf16", f"output_dir={run_dir}").code == 0
+    assert evaluate_main([str(run_dir)]) == 0
+    metrics = json.loads((run_dir / "eval" / "test-best" / "metrics.json").read_text())
+    summary = read_summary(run_dir)
+    assert metrics["mixed_precision"] == summary["mixed_precision"] == "bf16"
+    assert (metrics["acc"], metrics["loss"]) == (summary["test_acc"], summary["test_loss"])
+
+
 def test_evaluate_last_checkpoint_on_val_and_errors(finished, capsys):
     assert evaluate_main([str(finished / "sam"), "--split", "val", "--checkpoint", "last", "--device", "cpu"]) == 0
     assert json.loads((finished / "sam" / "eval" / "val-last" / "metrics.json").read_text())["count"] == 144

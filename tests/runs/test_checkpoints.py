@@ -209,15 +209,51 @@ def test_evaluate_and_load_model_verify_the_weights(finished, tmp_path, capsys):
     assert "model.safetensors has 1,000 bytes, " in capsys.readouterr().err
 
 
-def test_a_crash_between_the_two_renames_of_best_is_finished_at_the_next_launch(train, finished, tmp_path):
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside_and_ends_as_the_run_did(train, finished, tmp_path):
+    """train.resume=<epoch 0's checkpoint> in the run's own dir: epoch 1 is trained again. Its old checkpoint is
+    moved aside (superseded-*), kept, so that the new saves, not the old course of the run, are what the pruning
+    keeps and the next launch resumes."""
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
-    os.replace(run_dir / "best", run_dir / "best.new")  # as if killed after `best -> best.old` ...
-    (run_dir / "best.old").mkdir()  # ... with the old one still there
-    result = train(*BASE, "train.epochs=3", "train.extend_epochs=true", f"output_dir={run_dir}")
+    older = run_dir / "checkpoints/epoch0000-batch000021"
+    result = train(*BASE, "train.keep_last=1", f"train.resume={older}", f"output_dir={run_dir}")
     assert result.code == 0, result.err
-    assert verify(run_dir / "best") is None and not (run_dir / "best.new").exists()
-    assert not (run_dir / "best.old").exists()
+    assert result.err.strip() == (
+        f"warning: checkpoint {run_dir / 'checkpoints/epoch0001-batch000021'} is newer than train.resume's; moved "
+        "aside to superseded-epoch0001-batch000021"
+    )
+    assert names(run_dir) == ["epoch0001-batch000021"]  # the new save, which keep_last=1 keeps
+    assert same_weights(
+        run_dir / "checkpoints/superseded-epoch0001-batch000021", finished / "checkpoints/epoch0001-batch000021"
+    )
+    assert same_weights(run_dir / "checkpoints/epoch0001-batch000021", finished / "checkpoints/epoch0001-batch000021")
+    assert deterministic(read_metrics(run_dir)) == deterministic(read_metrics(finished))
+
+
+@pytest.mark.parametrize(
+    "folder, new",
+    [
+        ("best", "best.new"),
+        ("checkpoints/epoch0001-batch000021", "checkpoints/.tmp-epoch0001-batch000021"),
+    ],
+)
+def test_a_crash_between_the_two_renames_of_a_publish_is_finished_at_the_next_launch(
+    train, finished, tmp_path, folder, new
+):
+    """A folder replaced by another of its name (best/ by better weights, a checkpoint saved again at the same
+    position) goes by two renames: the old one aside, the new one in. Killed between them, the next launch
+    finishes the swap before deciding anything: the run is still complete, nothing is started over or lost."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    final = run_dir / folder
+    shutil.copytree(final, run_dir / new)  # the new one, complete ...
+    os.replace(final, final.with_name(f".{final.name}.old"))  # ... and the old one aside, no folder of the name
+    result = train(*BASE, f"output_dir={run_dir}")
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"{run_dir} is complete (done: 2 epochs") and "nothing to do" in result.out
+    assert verify(final) is None and same_weights(final, finished / folder)
+    assert not (run_dir / new).exists() and not final.with_name(f".{final.name}.old").exists()
+    assert names(run_dir) == ["epoch0000-batch000021", "epoch0001-batch000021"]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,21 +14,18 @@ It may import what hw3.data may import.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tarfile
 from dataclasses import replace
 from typing import Optional
 
 import numpy as np
 
 from hw3.config import DataConfig
-from hw3.data.shards.index import Shard, ShardIndex, load_index
-from hw3.data.shards.reader import IMAGE_EXTENSIONS, ShardFiles, ShardReader
-from hw3.data.sources import DATASETS, Source, colour_mode
+from hw3.data.shards.index import Shard, ShardIndex, first_mode, load_index
+from hw3.data.shards.reader import ShardFiles, ShardReader
+from hw3.data.sources import DATASETS, Source
 from hw3.errors import UserError
 from hw3.storage.files import cache_dir
-from hw3.storage.remote import filesystem
 
 
 class StreamedSplit:
@@ -68,8 +65,10 @@ def streamed_source(index: ShardIndex, cfg: DataConfig) -> Source:
     mode = "L" if index.channels == 1 else "RGB" if index.channels == 3 else first_mode(index)
     root = cache_dir("shards") / dataset_key(index) / f"rank{os.environ.get('RANK', '0')}"
     files = ShardFiles(root, cfg.cache_shards)
-    streamed = {n: StreamedSplit(s, ShardReader(s, index.kind, files, index.image, index.label, mode))
-                for n, s in splits.items()}  # fmt: skip
+    # a window's shards stay open while it is read, and the next one's first
+    reader = dict(kind=index.kind, files=files, image=index.image, label=index.label, mode=mode,
+                  keep_open=cfg.shuffle_shards + 1, classes=len(index.classes))  # fmt: skip
+    streamed = {n: StreamedSplit(s, ShardReader(s, **reader)) for n, s in splits.items()}
     small = index.side is not None and index.side <= 64  # like CIFAR: padded crops and flips, unless it said
     src = Source(
         streamed["train"],
@@ -124,22 +123,3 @@ def first_samples(shards: list[Shard], cap: Optional[int]) -> list[Shard]:
     return out
 
 
-def first_mode(index: ShardIndex) -> str:
-    """The colour mode of the first image of the first training shard, read from its start (the rest of the
-    shard is not fetched)."""
-    from PIL import Image
-
-    shard = index.splits["train"][0]
-    fs, path = filesystem(shard.url)
-    with fs.open(path, "rb") as f:
-        if index.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            cell = pq.ParquetFile(f).read_row_group(0, columns=[index.image]).column(0)[0].as_py()
-            data = cell.get("bytes") if isinstance(cell, dict) else cell
-        else:
-            with tarfile.open(fileobj=f, mode="r|*") as tar:
-                member = next(m for m in tar if m.name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS)
-                data = tar.extractfile(member).read()
-    with Image.open(io.BytesIO(data)) as img:
-        return colour_mode(img)

@@ -15,18 +15,22 @@ WebDataset tar shards without an index: their counts would take reading every sh
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import tarfile
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 from hw3.config import DataConfig
+from hw3.data.sources import IMAGE_SUFFIXES, VAL_SPLITS, colour_mode
 from hw3.errors import UserError
 from hw3.storage.files import cache_dir, write_atomic
-from hw3.storage.remote import expand, filesystem, join, read_bytes
+from hw3.storage.remote import expand, filesystem, is_local, join, read_bytes
 
+IMAGE_EXTENSIONS = tuple(suffix[1:] for suffix in IMAGE_SUFFIXES)  # a sample's image member, the first found
 INDEX = "index.json"
 FORMAT = "hw3-shards/1"
-VAL_SPLITS = ("validation", "valid", "val", "dev")
 
 
 @dataclass
@@ -57,7 +61,10 @@ class ShardIndex:
 
     def to_json(self, relative_to: str = "") -> str:
         splits = {
-            name: [dict(asdict(s), url=s.url.removeprefix(relative_to.rstrip("/") + "/")) for s in shards]
+            name: [
+                dict(asdict(s), url=s.url.removeprefix(relative_to.rstrip("/") + "/") if relative_to else s.url)
+                for s in shards
+            ]
             for name, shards in self.splits.items()
         }
         body = dict(format=FORMAT, kind=self.kind, classes=self.classes, channels=self.channels, side=self.side,
@@ -119,8 +126,13 @@ def parquet_footer(url: str) -> tuple[int, Optional[dict]]:
 
 
 def parquet_index(files: dict[str, list[str]], cfg: DataConfig, where: str) -> ShardIndex:
-    """Counts from every file's footer (kept in hw3's cache, keyed by the files' URLs: a relaunch reads none)."""
-    key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:24]
+    """Counts from every file's footer (kept in hw3's cache, keyed by the files' URLs, a local file's size and
+    time, and the recipe's column keys: a relaunch reads none)."""
+    files = {split: [os.path.abspath(u.removeprefix("file://")) if is_local(u) else u for u in urls]
+             for split, urls in files.items()}  # fmt: skip
+    local = [(u, *stamp(u)) for urls in files.values() for u in urls if is_local(u)]
+    asked = [cfg.image_column, cfg.label_column, cfg.num_classes]
+    key = hashlib.sha256(json.dumps([files, local, asked], sort_keys=True).encode()).hexdigest()[:24]
     cached = cache_dir("shards") / key / INDEX
     if cached.is_file():
         return replace(read_index(str(cached)), where=where)
@@ -131,9 +143,19 @@ def parquet_index(files: dict[str, list[str]], cfg: DataConfig, where: str) -> S
     image, label, classes = columns(features or {}, cfg, where)
     splits = {split: [Shard(url, counts[url]) for url in urls] for split, urls in files.items()}
     index = ShardIndex("parquet", classes, splits, image=image, label=label, where=where)
+    index.channels = 1 if first_mode(index) == "L" else 3  # read once: a relaunch finds it in the cached index
     cached.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(cached, index.to_json().encode())
     return index
+
+
+def stamp(path: str) -> tuple[int, int]:
+    """(size, modification time) of a local file; (-1, -1) when it is not there (its footer read says so)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return -1, -1
+    return found.st_size, found.st_mtime_ns
 
 
 def columns(features: dict, cfg: DataConfig, where: str) -> tuple[str, str, list[str]]:
@@ -178,3 +200,24 @@ def hub_index(cfg: DataConfig) -> ShardIndex:
             f"converting: python -m hw3.shards write data.name=hf data.path={cfg.path} --out DIR"
         )
     return parquet_index(files, cfg, cfg.path)
+
+
+def first_mode(index: ShardIndex) -> str:
+    """The colour mode of the first image of the first training shard, read from its start (the rest of the
+    shard is not fetched)."""
+    from PIL import Image
+
+    shard = index.splits["train"][0]
+    fs, path = filesystem(shard.url)
+    with fs.open(path, "rb") as f:
+        if index.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            cell = pq.ParquetFile(f).read_row_group(0, columns=[index.image]).column(0)[0].as_py()
+            data = cell.get("bytes") if isinstance(cell, dict) else cell
+        else:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                member = next(m for m in tar if m.name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS)
+                data = tar.extractfile(member).read()
+    with Image.open(io.BytesIO(data)) as img:
+        return colour_mode(img)

@@ -51,7 +51,7 @@ class EpochOrder:
     """P for one epoch: `ids(start, stop)` are the global sample ids at positions [start, stop) of P."""
 
     def __init__(self, counts: tuple[int, ...], seed: int, epoch: int, window: int):
-        self.counts, self.seed, self.epoch = counts, seed, epoch
+        self.seed, self.epoch = seed, epoch
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # id of each shard's first sample
         order = np.random.default_rng(mix64(seed, epoch, 0x5A4D)).permutation(len(counts))
         self.windows = [order[i : i + window] for i in range(0, len(order), window)]
@@ -80,17 +80,23 @@ class EpochOrder:
     def shards_of(self, ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, ids, side="right") - 1
 
+    def shards_read(self, w: int, ranges: "Segment") -> list[int]:
+        """The shards of window w that a process reading the positions `ranges` of P needs."""
+        lo, hi = int(self.window_starts[w]), int(self.window_starts[w + 1])
+        ids = [self.ids(max(a, lo), min(b, hi)) for a, b in ranges if a < hi and b > lo]
+        return np.unique(self.shards_of(np.concatenate(ids))).tolist() if ids else []
+
 
 Segment = list[tuple[int, int]]  # ranges [a, b) of positions of P, in the order they are visited
 
 
-def piece(segment: Segment, world: int, rank: int) -> tuple[int, Segment]:
-    """(length, ranges) of process `rank`'s piece of `segment` cut for `world` processes (made up to length from
-    the segment's start)."""
+def piece(segment: Segment, world: int, rank: int) -> Segment:
+    """The ranges of process `rank`'s piece of `segment` cut for `world` processes (all of one length: the last
+    one made up to it from the segment's start)."""
     total = sum(b - a for a, b in segment)
     length = math.ceil(total / world)
     first, last = rank * length, (rank + 1) * length
-    return length, take(segment, first, min(last, total)) + take(segment, 0, max(0, last - total))
+    return take(segment, first, min(last, total)) + take(segment, 0, max(0, last - total))
 
 
 def take(segment: Segment, first: int, last: int) -> Segment:

@@ -15,33 +15,57 @@ naming the shard and the sample's key; the loader skips and counts it.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import hashlib
 import io
 import itertools
 import json
 import os
+import queue
 import tarfile
+import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
-from hw3.data.shards.index import Shard
+from hw3.data.shards.index import IMAGE_EXTENSIONS, Shard
 from hw3.data.sources import in_mode
 from hw3.storage.remote import TRIES, attempt, fetch, is_local
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm", "tif", "tiff", "gif")
-OPEN_SHARDS = 4  # shards a worker keeps open
+PARQUET_CACHE_BYTES = 512 << 20  # decoded parquet row groups a reader keeps, over all its open shards
 TRACE = os.environ.get("HW3_TRACE_SAMPLES")  # a folder: the tests' record of which process read which sample
-PREFETCH = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hw3-prefetch")  # a main process's fetches ahead
 
 
 class BadSample(Exception):
     """This sample cannot be read (args[0]: the shard, the key and what is wrong)."""
+
+
+class Prefetcher:
+    """A process's fetches ahead, on daemon threads: an exit (a SIGTERM'd launch) does not wait for them. A fetch
+    cut short leaves its `.part` file, which the next eviction removes (ShardFiles.evict)."""
+
+    def __init__(self, threads: int = 2):
+        self.threads, self.queue, self.pid = threads, queue.SimpleQueue(), None
+
+    def submit(self, fetch, *args) -> None:
+        if self.pid != os.getpid():  # the first use in this process (a fork has no threads of its parent's)
+            self.queue, self.pid = queue.SimpleQueue(), os.getpid()
+            for _ in range(self.threads):
+                threading.Thread(target=self.work, daemon=True, name="hw3-prefetch").start()
+        self.queue.put((fetch, args))
+
+    def work(self) -> None:
+        while True:
+            fetch, args = self.queue.get()
+            with contextlib.suppress(Exception):  # a failed fetch ahead is tried again, in earnest, when read
+                fetch(*args)
+
+
+PREFETCH = Prefetcher()
 
 
 class ShardFiles:
@@ -62,12 +86,15 @@ class ShardFiles:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per shard, whichever worker asks first
             if not path.is_file():
                 self.evict()
-                fetch(shard.url, path, shard.bytes, tries)
+                fetch(shard.url, path, shard.bytes, tries, shard.crc32)
             os.utime(path)  # recently used
             return opener(path) if opener else path
 
     def evict(self) -> None:
         """Down to `keep` - 1 shards, the least recently used first, passing over any another worker holds."""
+        for part in self.folder.glob(".*.part"):  # a fetch cut short (its process is gone)
+            if not alive(int(part.name.rsplit(".", 2)[-2])):
+                part.unlink(missing_ok=True)
         held = sorted((mtime, p) for p in self.folder.glob("*.shard") if (mtime := modified(p)) is not None)
         over = len(held) - self.keep + 1
         for _, path in held:
@@ -80,6 +107,16 @@ class ShardFiles:
                     continue
                 path.unlink(missing_ok=True)
                 over -= 1
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def modified(path: Path) -> Optional[float]:
@@ -132,40 +169,56 @@ class TarShard:
 
 
 class ParquetShard:
-    """A local parquet file: row k found through the row groups' sizes; the last row group read is kept."""
+    """A local parquet file: row k found through the row groups' sizes. A row group is read (decompressed) whole,
+    so the groups read are kept as Arrow tables, the least recently used dropped beyond `cache_bytes`: a window's
+    samples come in shuffled order, and a shard that fits is read once."""
 
-    def __init__(self, path: Path, url: str, image: str, label: str):
+    def __init__(self, path: Path, url: str, image: str, label: str, cache_bytes: int):
         import pyarrow.parquet as pq
 
-        self.url, self.image, self.label = url, image, label
+        self.url, self.image, self.label, self.cache_bytes = url, image, label, cache_bytes
         self.file = pq.ParquetFile(path)
         sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
         self.ends = list(itertools.accumulate(sizes))
-        self.group, self.rows = -1, None
+        self.groups: OrderedDict = OrderedDict()
 
     def read(self, k: int) -> tuple[bytes, int, str]:
-        g = bisect.bisect_right(self.ends, k)
-        if g != self.group:
-            self.group, self.rows = g, self.file.read_row_group(g, columns=[self.image, self.label]).to_pylist()
-        row = self.rows[k - (self.ends[g - 1] if g else 0)]
-        key = f"row {k}"
-        cell = row[self.image]
+        g, key = bisect.bisect_right(self.ends, k), f"row {k}"
+        if g >= len(self.ends):
+            raise BadSample(f"shard {self.url}, {key}: the file has {self.ends[-1] if self.ends else 0} rows")
+        table = self.group(g)
+        row = k - (self.ends[g - 1] if g else 0)
+        cell, label = table.column(0)[row].as_py(), table.column(1)[row].as_py()
         data = cell.get("bytes") if isinstance(cell, dict) else cell
         if not data:
             raise BadSample(f"shard {self.url}, {key}: no image bytes")
-        if not isinstance(row[self.label], int):
-            raise BadSample(f"shard {self.url}, {key}: label {row[self.label]!r} is not a class index")
-        return data, row[self.label], key
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise BadSample(f"shard {self.url}, {key}: label {label!r} is not a class index")
+        return data, label, key
+
+    def group(self, g: int):
+        if g not in self.groups:
+            self.groups[g] = self.file.read_row_group(g, columns=[self.image, self.label])
+            while len(self.groups) > 1 and sum(t.nbytes for t in self.groups.values()) > self.cache_bytes:
+                self.groups.popitem(last=False)
+        self.groups.move_to_end(g)
+        return self.groups[g]
 
     def close(self) -> None:
+        self.groups.clear()
         self.file.close()
 
 
 class ShardReader:
     """Sample id -> (PIL image, label) for one split; picklable (what it opens, it opens in the process asking)."""
 
-    def __init__(self, shards: list[Shard], kind: str, files: ShardFiles, image: str, label: str, mode: str):
+    def __init__(
+        self, shards: list[Shard], kind: str, files: ShardFiles, image: str, label: str, mode: str, keep_open: int,
+        classes: int,
+    ):  # fmt: skip
         self.shards, self.kind, self.files, self.image, self.label, self.mode = shards, kind, files, image, label, mode
+        self.keep_open = keep_open  # shards open at once (a tar's member list, a parquet file's row groups)
+        self.classes = classes  # labels are 0 .. classes - 1
         self.starts = np.concatenate([[0], np.cumsum([s.samples for s in shards])]).astype(np.int64)
         self.opened: OrderedDict = OrderedDict()
         self.pid: Optional[int] = None
@@ -188,10 +241,11 @@ class ShardReader:
             if self.kind == "tar":
                 self.opened[s] = self.files.local(shard, opener=lambda path: TarShard(path, shard.url))
             else:
+                budget = PARQUET_CACHE_BYTES // self.keep_open
                 self.opened[s] = self.files.local(
-                    shard, opener=lambda path: ParquetShard(path, shard.url, self.image, self.label)
+                    shard, opener=lambda path: ParquetShard(path, shard.url, self.image, self.label, budget)
                 )
-            while len(self.opened) > OPEN_SHARDS:
+            while len(self.opened) > self.keep_open:
                 self.opened.popitem(last=False)[1].close()
         self.opened.move_to_end(s)
         return self.opened[s]
@@ -202,6 +256,10 @@ class ShardReader:
                 f.write(f"{self.shards[0].url} {i}\n")
         s = bisect.bisect_right(self.starts, i) - 1
         data, label, key = self.shard(s).read(self.shards[s].offset + i - int(self.starts[s]))
+        if not 0 <= label < self.classes:  # (a loss would fail on it, on a GPU with a device-side assert)
+            raise BadSample(
+                f"shard {self.shards[s].url}, key {key}: label {label} is not one of the {self.classes} classes"
+            )
         try:
             with Image.open(io.BytesIO(data)) as img:
                 return in_mode(img, self.mode), label

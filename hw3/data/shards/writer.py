@@ -13,28 +13,38 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import zlib
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
+from hw3.data.hub_datasets import HubReader
 from hw3.data.shards.index import INDEX, Shard, ShardIndex
 from hw3.data.sources import FileReader, Source, TakeReader
+from hw3.errors import UserError
 from hw3.storage.files import write_atomic
+from hw3.storage.manifest import crc32
 
 SPLIT_FILES = {"train": "train", "val": "validation", "test": "test"}
 
 
 def encoded(split, i: int, mode: str) -> tuple[bytes, str]:
-    """(the image's bytes, its extension): the file itself when the split reads files, else a PNG."""
+    """(the image's bytes, its extension): the file itself when the split reads files or a Hub set's encoded
+    images, else a PNG."""
     reader, index = split.reader, i
     while isinstance(reader, TakeReader):
         reader, index = reader.reader, int(reader.indices[index])
     if isinstance(reader, FileReader):
         path = Path(reader.paths[index])
         return path.read_bytes(), path.suffix.lstrip(".").lower()
+    if isinstance(reader, HubReader):  # a Hub set's encoded image, as stored
+        source, _ = reader.cell(index)
+        if not isinstance(source, io.BytesIO):
+            return Path(source).read_bytes(), Path(source).suffix.lstrip(".").lower()
+        with Image.open(source) as img:
+            kind = (img.format or "png").lower()
+        return source.getvalue(), {"jpeg": "jpg"}.get(kind, kind)
     if split.images is not None:
         pixels = split.images[i].numpy()
         img = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
@@ -82,7 +92,7 @@ def write_shards(src: Source, out: Path, per_shard: int, kind: str, seed: int, s
                        for k, i in enumerate(chunk)]  # fmt: skip
             path = out / f"{SPLIT_FILES[name]}-{number:05d}.{'tar' if kind == 'tar' else 'parquet'}"
             write_tar(path, samples) if kind == "tar" else write_parquet(path, samples, src.classes)
-            splits[name].append(Shard(str(path), len(chunk), path.stat().st_size, crc32_of(path)))
+            splits[name].append(Shard(str(path), len(chunk), path.stat().st_size, crc32(path)))
         say(f"{name}: {len(order):,} samples in {len(splits[name])} shards")
     from hw3.data.transforms import channel_stats
 
@@ -97,46 +107,52 @@ def label_of(split, i: int) -> int:
     return int(split.labels[i])
 
 
-def crc32_of(path: Path) -> str:
-    value = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            value = zlib.crc32(chunk, value)
-    return f"{value:08x}"
-
-
 def index_tar_shards(urls: list[str], classes: Optional[list[str]], say=print) -> ShardIndex:
-    """An index of existing WebDataset tar shards: each one read once for its samples and labels (the images'
-    size is left unsaid: the recipe's data.image_size, or 224, decides it)."""
-    from hw3.data.shards.reader import IMAGE_EXTENSIONS, TarShard
+    """An index of existing WebDataset tar shards: each one read once (a remote one fetched into a temporary
+    folder) for its samples and labels (the images' size is left unsaid: the recipe's data.image_size, or 224,
+    decides it)."""
+    import tempfile
+
+    from hw3.data.shards.reader import BadSample
+
+    shards, labels, channels = [], set(), None
+    with tempfile.TemporaryDirectory(prefix="hw3-index-") as tmp:
+        for url in urls:
+            try:
+                shard, found, first = index_tar_shard(url, Path(tmp))
+            except BadSample as e:
+                raise UserError(f"{e}: fix the shard, then index again") from None
+            shards.append(shard)
+            labels |= found
+            channels = channels or first
+            say(f"{url}: {shard.samples} samples")
+    top = max(labels) + 1 if labels else 0
+    if classes is not None and top > len(classes):
+        raise UserError(f"--classes {len(classes)}: the shards have label {top - 1}")
+    return ShardIndex("tar", classes or [str(i) for i in range(top)], {"train": shards}, channels)
+
+
+def index_tar_shard(url: str, tmp: Path) -> tuple[Shard, set[int], Optional[int]]:
+    """(the shard, the labels in it, the channels of its first image)."""
+    from hw3.data.shards.index import IMAGE_EXTENSIONS
+    from hw3.data.shards.reader import TarShard
     from hw3.data.sources import colour_mode
     from hw3.storage.remote import fetch, is_local
 
-    shards, labels, channels = [], set(), None
-    for url in urls:
-        if is_local(url):
-            path = Path(url.removeprefix("file://"))
-        else:
-            path = Path(tempfile_for(url))
-            fetch(url, path)
-        tar = TarShard(path, url)
+    path = Path(url.removeprefix("file://")) if is_local(url) else fetch(url, tmp / url.rsplit("/", 1)[-1])
+    tar, labels, channels = TarShard(path, url), set(), None
+    try:
         for k, key in enumerate(tar.keys):
             members = tar.samples[key]
             if "cls" in members or "json" in members:
                 labels.add(tar.label(key, members))
-            if k == 0 and channels is None and any(e in members for e in IMAGE_EXTENSIONS):
+            if k == 0 and any(e in members for e in IMAGE_EXTENSIONS):
                 with Image.open(io.BytesIO(tar.read(0)[0])) as img:
                     channels = 1 if colour_mode(img) == "L" else 3
-        shards.append(Shard(url, len(tar.keys), path.stat().st_size, crc32_of(path)))
+        return Shard(url, len(tar.keys), path.stat().st_size, crc32(path)), labels, channels
+    finally:
         tar.close()
         if not is_local(url):
-            path.unlink()
-        say(f"{url}: {shards[-1].samples} samples")
-    classes = classes or [str(i) for i in range(max(labels) + 1 if labels else 0)]
-    return ShardIndex("tar", classes, {"train": shards}, channels)
+            path.unlink(missing_ok=True)
 
 
-def tempfile_for(url: str) -> str:
-    import tempfile
-
-    return str(Path(tempfile.mkdtemp(prefix="hw3-index-")) / url.rsplit("/", 1)[-1])
