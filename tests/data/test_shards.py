@@ -194,9 +194,7 @@ def test_a_damaged_sample_is_one_warning_counted_and_skipped(digit_shards, tmp_p
     )
 
 
-def test_an_image_folder_written_as_shards_keeps_its_files_bytes_and_the_index_command(
-    tmp_path, capsys, monkeypatch
-):
+def test_an_image_folder_written_as_shards_keeps_its_files_bytes_and_the_index_command(tmp_path, capsys, monkeypatch):
     write_imagefolder(tmp_path / "tree", per_class=10, seed=3)
     out = tmp_path / "shards"
     assert shards_main(["write", "--out", str(out), "--samples-per-shard", "7", "data.name=imagefolder",

@@ -121,5 +121,3 @@ def first_samples(shards: list[Shard], cap: Optional[int]) -> list[Shard]:
         out.append(replace(shard, samples=min(shard.samples, left)))
         left -= shard.samples
     return out
-
-

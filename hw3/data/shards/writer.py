@@ -154,5 +154,3 @@ def index_tar_shard(url: str, tmp: Path) -> tuple[Shard, set[int], Optional[int]
         tar.close()
         if not is_local(url):
             path.unlink(missing_ok=True)
-
-
